@@ -1,0 +1,96 @@
+"""Framework-free hook: every N steps, run the evaluator, feed the selector, log the result.
+
+Integrations (fairseq, Lightning, Hugging Face, a plain loop) only translate their loop's events into
+:meth:`MICallback.on_step` / :meth:`MICallback.evaluate` calls. An evaluation that fails (bad audio,
+out of memory, a numerical failure, a bug) is logged, recorded in the history as a failed evaluation
+and never becomes the best; training goes on. ``strict=True`` re-raises instead.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from typing import Optional
+
+import torch
+
+from .evaluator import Evaluator
+from .selector import CheckpointSelector
+
+logger = logging.getLogger("ssl_mi_callback")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:500]}" if text else type(error).__name__
+
+
+class MICallback:
+    """Evaluate every ``every_n_steps`` steps (0: only when :meth:`evaluate` is called)."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        selector: CheckpointSelector,
+        *,
+        every_n_steps: int = 0,
+        strict: bool = False,
+    ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+        self.evaluator = evaluator
+        self.selector = selector
+        self.every_n_steps = every_n_steps
+        self.strict = strict
+        self.last_record: Optional[dict] = None
+
+    def due(self, step: int) -> bool:
+        return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+
+    def on_step(self, model: torch.nn.Module, step: int, epoch: Optional[int] = None) -> Optional[dict]:
+        """Call after every optimizer step; evaluates when due and returns the record, else None."""
+        return self.evaluate(model, step, epoch) if self.due(step) else None
+
+    def evaluate(self, model: torch.nn.Module, step: int, epoch: Optional[int] = None) -> dict:
+        """Evaluate now; the record (ok or failed) goes to the selector and the log."""
+        started = time.perf_counter()
+        try:
+            record = self.evaluator.evaluate(model)
+        except Exception as error:
+            if self.strict:
+                raise
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            logger.warning("MI evaluation at step %d failed, training continues: %s", step, _one_line(error))
+            record = {"status": "failed", "error": _one_line(error), "metrics": {}, "settings": self.evaluator.settings()}
+        record.update(
+            step=int(step),
+            epoch=None if epoch is None else int(epoch),
+            time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+        record.setdefault("seconds", {})["wall"] = round(time.perf_counter() - started, 4)
+        try:
+            decision = self.selector.observe(record)
+        except (OSError, ValueError) as error:  # e.g. a full disk, or the same step evaluated twice
+            if self.strict:
+                raise
+            logger.warning("MI result at step %d not recorded: %s", step, _one_line(error))
+            record.update(status="failed", error=f"not recorded: {_one_line(error)}")
+            record["is_best"] = False
+            self.last_record = record
+            return record
+        record["is_best"] = bool(decision.is_best)
+        if record["status"] == "ok":
+            logger.info(
+                "MI at step %d: %.4f bits%s (best %.4f at step %s)",
+                step, record["metrics"]["mi_bits"], " [new best]" if decision.is_best else "",
+                decision.best_score, decision.best_step,
+            )
+        self.last_record = record
+        return record
+
+    def state_dict(self) -> dict:
+        return {"selector": self.selector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.selector.load_state_dict(state["selector"])

@@ -1,0 +1,286 @@
+"""One evaluation: held-out audio -> two-view features -> estimators -> a result record.
+
+Data flows one way: the subset and the masks are fixed at construction; :meth:`Evaluator.evaluate`
+only reads the model. Forward passes are sharded over ranks and gathered (see :mod:`.distributed`),
+so every rank returns the same record.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import estimators
+from .data import HeldOutSubset, Utterance
+from .distributed import GatherFn, gather_objects
+from .features import FeatureAdapter, resolve_layers
+from .views import MaskConfig, span_mask
+
+SAMPLE_RATE = 16000
+logger = logging.getLogger("ssl_mi_callback")
+
+
+@dataclass
+class EvaluationConfig:
+    """Settings of one evaluation; all of them are written into every record."""
+
+    layers: tuple[int, ...] = field(default=(-1,), metadata={"help": "transformer layers to score, 1-based; negative counts from the end (-1 = last)"})
+    selection: str = field(default="last", metadata={"help": "what becomes the selection metric mi_bits: 'last' (last scored layer), 'mean' (mean over scored layers) or a layer number"})
+    clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
+    probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
+    mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view"})
+    mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
+    mask_seed: int = field(default=0, metadata={"help": "seed of the fixed masks"})
+    estimator_seed: int = field(default=0, metadata={"help": "seed of the utterance split, k-means init and probe"})
+    fit_fraction: float = field(default=0.5, metadata={"help": "share of held-out utterances used to fit k-means and the probe; the rest measures the bound"})
+    bootstrap: int = field(default=200, metadata={"help": "bootstrap resamples over utterances for the 95% interval"})
+    baselines: bool = field(default=True, metadata={"help": "also compute RankMe, RankMe-t and Davies-Bouldin"})
+    batch_seconds: float = field(default=64.0, metadata={"help": "audio seconds per forward batch (memory bound of the forward)"})
+    length_quantum_seconds: float = field(default=0.5, metadata={"help": "crop utterances to a multiple of this many seconds so equal lengths batch without padding (0: no cropping, batch size 1 for unequal lengths)"})
+
+    def validate(self) -> None:
+        if not self.layers:
+            raise ValueError("layers is empty: give at least one layer, e.g. -1 for the last")
+        if self.selection not in ("last", "mean"):
+            try:
+                int(self.selection)
+            except ValueError:
+                raise ValueError(f"selection must be 'last', 'mean' or a layer number, got {self.selection!r}") from None
+        if self.clusters < 2:
+            raise ValueError(f"clusters must be >= 2, got {self.clusters}")
+        if self.probe not in ("linear", "mlp"):
+            raise ValueError(f"probe must be 'linear' or 'mlp', got {self.probe!r}")
+        if not 0.0 < self.fit_fraction < 1.0:
+            raise ValueError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
+        if self.batch_seconds <= 0 or self.length_quantum_seconds < 0:
+            raise ValueError("batch_seconds must be > 0 and length_quantum_seconds >= 0")
+        self.mask_config().validate()
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "EvaluationConfig":
+        """The config recorded in a result's ``settings`` (extra keys such as ``adapter`` ignored)."""
+        fields = {key: value for key, value in settings.items() if key in cls.__dataclass_fields__}
+        if "layers" in fields:
+            fields["layers"] = tuple(fields["layers"])
+        return cls(**fields)
+
+    def mask_config(self) -> MaskConfig:
+        return MaskConfig(mask_prob=self.mask_prob, mask_length=self.mask_length, seed=self.mask_seed)
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation failed on some rank (the message names the rank and the cause)."""
+
+
+@dataclass(frozen=True)
+class _Batch:
+    index: int
+    utterances: tuple[Utterance, ...]
+    num_samples: int  # every utterance is cropped to this length
+
+
+def plan_batches(utterances: Sequence[Utterance], config: EvaluationConfig) -> list[_Batch]:
+    """Global, deterministic batches of equal-length (cropped) utterances; independent of world size."""
+    quantum = int(round(config.length_quantum_seconds * SAMPLE_RATE))
+    by_length: dict[int, list[Utterance]] = {}
+    for utterance in utterances:
+        length = utterance.num_samples
+        if quantum > 0 and length >= quantum:
+            length = (length // quantum) * quantum
+        by_length.setdefault(length, []).append(utterance)
+    budget = int(config.batch_seconds * SAMPLE_RATE)
+    batches: list[_Batch] = []
+    for length in sorted(by_length):
+        group = by_length[length]
+        per_batch = max(1, budget // max(length, 1))
+        for start in range(0, len(group), per_batch):
+            chunk = tuple(group[start : start + per_batch])
+            batches.append(_Batch(len(batches), chunk, length))
+    return batches
+
+
+@contextlib.contextmanager
+def _evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """eval() + no_grad for the duration; training mode and every RNG state restored afterwards."""
+    was_training = model.training
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    torch_state = torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class Evaluator:
+    """Scores a model on a fixed held-out subset with the two-view MI bound (DESIGN.md section 2).
+
+    ``evaluate(model)`` returns a JSON-able record: ``metrics`` (flat scalars for loggers:
+    ``mi_bits`` = the selection value, and per layer ``mi_bits_l{k}``, ``h_c_bits_l{k}``, ...),
+    ``layers`` (each layer's full estimator result), ``settings``, ``subset`` and ``seconds``.
+    """
+
+    def __init__(
+        self,
+        config: EvaluationConfig,
+        subset: HeldOutSubset,
+        adapter: FeatureAdapter,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        gather: GatherFn = gather_objects,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.subset = subset
+        self.adapter = adapter
+        self.rank, self.world_size = rank, world_size
+        self.gather = gather
+        self.batches = plan_batches(subset.utterances, config)
+
+    def settings(self) -> dict:
+        return {**asdict(self.config), "layers": list(self.config.layers), "adapter": self.adapter.name}
+
+    def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[tuple[int, dict, torch.Tensor]]:
+        mask_config = self.config.mask_config()
+        results = []
+        for batch in self.batches[self.rank :: self.world_size]:
+            waveforms = torch.stack([torch.from_numpy(u.waveform[: batch.num_samples]) for u in batch.utterances])
+            num_frames = self.adapter.num_frames(model, batch.num_samples)
+            masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
+            masked = self.adapter.extract(model, waveforms, masks, layers)
+            unmasked = self.adapter.extract(model, waveforms, None, layers)
+            device_masks = masks.to(_model_device(model))
+            per_layer = {}
+            for layer in layers:
+                za = masked[layer][device_masks].float()
+                zb = unmasked[layer][device_masks].float()
+                if self.world_size > 1:
+                    za, zb = za.cpu(), zb.cpu()
+                per_layer[layer] = (za, zb)
+            groups = torch.repeat_interleave(
+                torch.tensor([u.index for u in batch.utterances]), masks.sum(dim=1)
+            )
+            results.append((batch.index, per_layer, groups))
+        return results
+
+    def _all_features(self, local: list) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        gathered = self.gather(local)
+        errors = [str(part) for part in gathered if isinstance(part, EvaluationError)]
+        if errors:
+            raise EvaluationError("; ".join(errors))
+        items = [item for rank_items in gathered for item in rank_items]
+        if not items:
+            raise EvaluationError("the held-out subset produced no batches")
+        items.sort(key=lambda item: item[0])
+        layers = items[0][1].keys()
+        features = {
+            layer: (torch.cat([i[1][layer][0] for i in items]), torch.cat([i[1][layer][1] for i in items]))
+            for layer in layers
+        }
+        return features, torch.cat([i[2] for i in items])
+
+    def evaluate(self, model: torch.nn.Module) -> dict:
+        """Run one evaluation; raises on failure (the callback decides what a failure costs)."""
+        started = time.perf_counter()
+        self.adapter.check(model)
+        layers = resolve_layers(self.config.layers, self.adapter.num_layers(model))
+        device = _model_device(model)
+        with _evaluation_mode(model):
+            try:
+                local: object = self._local_features(model, layers)
+            except Exception as error:  # every rank must reach the gather, or the others hang
+                local = EvaluationError(f"rank {self.rank}: {type(error).__name__}: {error}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            forward_done = time.perf_counter()
+            features, groups = self._all_features(local)
+        gathered = time.perf_counter()
+        per_layer: dict[int, dict] = {}
+        metrics: dict[str, float] = {}
+        baseline_seconds = 0.0
+        for layer, (za, zb) in features.items():
+            za, zb, layer_groups = za.to(device), zb.to(device), groups.to(device)
+            result = estimators.unsupervised_mi(
+                za, zb, layer_groups,
+                clusters=self.config.clusters, probe=self.config.probe, seed=self.config.estimator_seed,
+                fit_fraction=self.config.fit_fraction, bootstrap=self.config.bootstrap,
+            ).to_dict()
+            if self.config.baselines:
+                baseline_started = time.perf_counter()
+                result["rankme"] = float(estimators.rankme(zb))
+                result["rankme_t"] = float(estimators.rankme_utterance(zb, layer_groups))
+                baseline_seconds += time.perf_counter() - baseline_started
+            per_layer[layer] = result
+            for key in ("mi_bits", "h_c_bits", "ce_bits", "mi_normalized", "kmeans_inertia_eval", "rankme", "rankme_t"):
+                if isinstance(result.get(key), (int, float)):
+                    metrics[f"{key}_l{layer}"] = float(result[key])
+            if result.get("ci95_bits") is not None:
+                low, high = result["ci95_bits"]
+                metrics[f"mi_ci95_low_l{layer}"], metrics[f"mi_ci95_high_l{layer}"] = float(low), float(high)
+        metrics["mi_bits"] = self._selection_value(per_layer, self.adapter.num_layers(model))
+        record_extra = self._agree_across_ranks(metrics)
+        finished = time.perf_counter()
+        return {
+            **record_extra,
+            "status": "ok",
+            "metrics": metrics,
+            "layers": {str(layer): result for layer, result in per_layer.items()},
+            "settings": self.settings(),
+            "subset": {
+                "fingerprint": self.subset.fingerprint(),
+                "utterances": len(self.subset.utterances),
+                "seconds": round(self.subset.total_seconds, 3),
+                "frames": int(groups.numel()),
+            },
+            "seconds": {
+                "forward": round(forward_done - started, 4),
+                "gather": round(gathered - forward_done, 4),
+                "estimators": round(finished - gathered - baseline_seconds, 4),
+                "baselines": round(baseline_seconds, 4),
+                "total": round(finished - started, 4),
+            },
+        }
+
+    def _agree_across_ranks(self, metrics: dict[str, float]) -> dict:
+        """Every rank computed from the same gathered features, so the values must match; any
+        difference (a non-deterministic kernel) is logged, and rank 0's metrics are used everywhere."""
+        if self.world_size == 1:
+            return {}
+        everyone = self.gather(metrics)
+        rank_values = [float(m["mi_bits"]) for m in everyone]
+        spread = max(rank_values) - min(rank_values)
+        if spread > 1e-9:
+            logger.warning("ranks disagree on mi_bits by %.3g bits (%s); using rank 0's value", spread, rank_values)
+            metrics.clear()
+            metrics.update(everyone[0])
+        return {"distributed": {"world_size": self.world_size, "rank_mi_bits": rank_values}}
+
+    def _selection_value(self, per_layer: dict[int, dict], num_layers: int) -> float:
+        selection = self.config.selection
+        if selection == "last":
+            return float(per_layer[max(per_layer)]["mi_bits"])
+        if selection == "mean":
+            return float(sum(r["mi_bits"] for r in per_layer.values()) / len(per_layer))
+        layer = resolve_layers([int(selection)], num_layers)[0]
+        if layer not in per_layer:
+            raise ValueError(f"selection layer {layer} is not among the scored layers {sorted(per_layer)}")
+        return float(per_layer[layer]["mi_bits"])

@@ -1,0 +1,58 @@
+"""The feature-adapter protocol: waveforms -> per-layer frame features, with an optional frame mask.
+
+The evaluator knows this protocol, not any one adapter. An adapter translates one model family's
+internals (where the mask embedding goes in, how per-layer outputs come out, how many frames a
+waveform yields); it holds no estimator math.
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+
+
+class UnsupportedModelError(ValueError):
+    """The model does not fit the adapter (the message says what is missing)."""
+
+
+@runtime_checkable
+class FeatureAdapter(Protocol):
+    """What the evaluator needs from a model family."""
+
+    name: str
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Raise :class:`UnsupportedModelError` with a one-line reason if ``model`` does not fit."""
+
+    def num_layers(self, model: torch.nn.Module) -> int:
+        """Number of layers whose outputs :meth:`extract` can return (numbered 1..L)."""
+
+    def num_frames(self, model: torch.nn.Module, num_samples: int) -> int:
+        """Frames the model yields for an unpadded waveform of ``num_samples`` samples."""
+
+    def extract(
+        self,
+        model: torch.nn.Module,
+        waveforms: torch.Tensor,
+        frame_mask: Optional[torch.Tensor],
+        layers: Sequence[int],
+    ) -> dict[int, torch.Tensor]:
+        """Features ``{layer: [B, F, D]}`` for equal-length ``waveforms`` [B, S] (no padding).
+
+        ``frame_mask`` [B, F] (True = masked) replaces those frames by the model's mask embedding
+        before the context network; ``None`` gives the unmasked view.
+        """
+
+
+def resolve_layers(requested: Sequence[int], num_layers: int) -> list[int]:
+    """Map 1-based layer numbers (negative counts from the end: -1 = last) to 1..num_layers."""
+    resolved = []
+    for layer in requested:
+        index = layer if layer > 0 else num_layers + 1 + layer
+        if not 1 <= index <= num_layers:
+            raise ValueError(
+                f"layer {layer} does not exist: the model has layers 1..{num_layers} (or -1..-{num_layers})"
+            )
+        if index not in resolved:
+            resolved.append(index)
+    return resolved

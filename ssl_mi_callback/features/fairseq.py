@@ -1,0 +1,75 @@
+"""fairseq masked-prediction models: wav2vec 2.0, HuBERT and data2vec audio (and any user-dir model
+built the same way: ``feature_extractor`` -> ``layer_norm`` -> ``post_extract_proj`` -> ``mask_emb`` ->
+``encoder`` returning per-layer results).
+
+The views are made in feature space with the model's own mask embedding, exactly where pretraining
+puts it, but with *our* fixed masks: wav2vec 2.0's ``forward`` ignores given mask indices when its
+``mask_prob`` is 0 and draws random channel masks, and HuBERT's ``forward`` takes no mask indices, so
+the adapter runs the model's own sub-modules in the order of their ``forward``. This module does not
+import fairseq: it only touches the model object it is given.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .base import UnsupportedModelError
+
+_REQUIRED = ("feature_extractor", "layer_norm", "mask_emb", "encoder")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP wrappers
+        model = model.module
+    return model
+
+
+class FairseqMaskedPredictionAdapter:
+    """wav2vec 2.0 / HuBERT / data2vec audio from fairseq 0.12.2; layers are transformer blocks 1..L."""
+
+    name = "fairseq"
+
+    def check(self, model: torch.nn.Module) -> None:
+        model = _unwrap(model)
+        missing = [attr for attr in _REQUIRED if getattr(model, attr, None) is None]
+        if missing or not hasattr(model.encoder, "layers"):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is not a fairseq masked-prediction model "
+                f"(missing {', '.join(missing) or 'encoder.layers'}); use an adapter for its family"
+            )
+        if getattr(model, "input_quantizer", None) is not None:
+            raise UnsupportedModelError(
+                "wav2vec 2.0 with quantize_input=true is not supported (its encoder input is quantized codes)"
+            )
+
+    def num_layers(self, model: torch.nn.Module) -> int:
+        return len(_unwrap(model).encoder.layers)
+
+    def num_frames(self, model: torch.nn.Module, num_samples: int) -> int:
+        frames = num_samples
+        for module in _unwrap(model).feature_extractor.modules():
+            if isinstance(module, torch.nn.Conv1d):
+                frames = (frames - module.kernel_size[0]) // module.stride[0] + 1
+        return max(frames, 0)
+
+    def extract(
+        self,
+        model: torch.nn.Module,
+        waveforms: torch.Tensor,
+        frame_mask: Optional[torch.Tensor],
+        layers: Sequence[int],
+    ) -> dict[int, torch.Tensor]:
+        model = _unwrap(model)
+        parameter = next(model.parameters())
+        source = waveforms.to(device=parameter.device, dtype=parameter.dtype)  # fp16/bf16 weights
+        features = model.feature_extractor(source).transpose(1, 2)
+        features = model.layer_norm(features)
+        if getattr(model, "post_extract_proj", None) is not None:
+            features = model.post_extract_proj(features)
+        if frame_mask is not None:
+            frame_mask = frame_mask.to(features.device)
+            features = torch.where(frame_mask.unsqueeze(-1), model.mask_emb.to(features.dtype), features)
+        _, layer_results = model.encoder(features, padding_mask=None, layer=max(layers) - 1)
+        # layer_results[i][0]: output of transformer block i+1, time-major [F, B, D]
+        return {layer: layer_results[layer - 1][0].transpose(0, 1) for layer in layers}

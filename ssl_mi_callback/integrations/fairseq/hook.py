@@ -1,0 +1,205 @@
+"""The MI hook of one fairseq training process: builds the evaluator and selector from ``task.mi_*``
+and the run config, evaluates at every validation, exports the best model, and keeps its state in
+the checkpoint (``task_state["ssl_mi"]``) so a resumed run continues the same history and best.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ...callback import MICallback
+from ...data import load_heldout
+from ...distributed import rank_and_world_size
+from ...evaluator import EvaluationConfig, Evaluator
+from ...features import resolve_layers
+from ...features.fairseq import FairseqMaskedPredictionAdapter
+from ...selector import CheckpointSelector, SelectionConfig, export_atomically
+from .run_context import METRIC, MIConfigError
+
+logger = logging.getLogger("ssl_mi_callback.fairseq")
+
+
+def resolve_heldout(task_cfg: Any) -> Path:
+    """``mi_heldout`` as a manifest/folder path, or a split name inside ``task.data``."""
+    value = str(task_cfg.mi_heldout or "").strip()
+    if not value:
+        raise MIConfigError("task.mi_heldout is empty: set it to a split name in task.data (e.g. heldout) or a manifest path")
+    for candidate in (Path(value), Path(str(task_cfg.data)) / value, Path(str(task_cfg.data)) / f"{value}.tsv"):
+        if candidate.is_file() or candidate.is_dir():
+            return candidate
+    raise MIConfigError(
+        f"task.mi_heldout={value}: no manifest {Path(str(task_cfg.data)) / (value + '.tsv')} and no such file or "
+        f"folder; set task.mi_heldout to a held-out split of unlabeled audio"
+    )
+
+
+def evaluation_config(task_cfg: Any) -> EvaluationConfig:
+    try:
+        layers = tuple(int(part) for part in str(task_cfg.mi_layers).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise MIConfigError(f"task.mi_layers={task_cfg.mi_layers}: give comma-separated integers, e.g. -1 or 4,8,12") from None
+    config = EvaluationConfig(
+        layers=layers, selection=str(task_cfg.mi_selection), clusters=int(task_cfg.mi_clusters),
+        probe=str(task_cfg.mi_probe), mask_prob=float(task_cfg.mi_mask_prob), mask_length=int(task_cfg.mi_mask_length),
+        mask_seed=int(task_cfg.mi_mask_seed), estimator_seed=int(task_cfg.mi_estimator_seed),
+        bootstrap=int(task_cfg.mi_bootstrap), baselines=bool(task_cfg.mi_baselines),
+        batch_seconds=float(task_cfg.mi_batch_seconds),
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise MIConfigError(f"task.mi_*: {error}") from None
+    return config
+
+
+def _inside(save_dir: str, value: str) -> Optional[Path]:
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else Path(save_dir) / path
+
+
+def _resume_path(checkpoint_cfg: Any) -> Path:
+    restore = checkpoint_cfg.restore_file
+    if restore == "checkpoint_last.pt":
+        return Path(checkpoint_cfg.save_dir) / f"checkpoint_last{checkpoint_cfg.checkpoint_suffix}.pt"
+    return Path(restore)
+
+
+class FairseqMIHook:
+    """Evaluation, selection, logging and export for one fairseq task instance."""
+
+    def __init__(self, task_cfg: Any, run_cfg: Any, task: Any) -> None:
+        self.task_cfg, self.run_cfg, self.task = task_cfg, run_cfg, task
+        self.rank, self.world_size = rank_and_world_size()
+        save_dir = str(run_cfg.checkpoint.save_dir)
+        config = evaluation_config(task_cfg)
+        subset = load_heldout(
+            resolve_heldout(task_cfg),
+            max_seconds=float(task_cfg.mi_max_seconds),
+            max_utterance_seconds=float(task_cfg.mi_max_utterance_seconds),
+        )
+        logger.info("MI held-out subset: %s", subset.describe())
+        evaluator = Evaluator(config, subset, FairseqMaskedPredictionAdapter(), rank=self.rank, world_size=self.world_size)
+        self.history_path = _inside(save_dir, str(task_cfg.mi_history))
+        selector = CheckpointSelector(
+            SelectionConfig(monitor=METRIC, mode="max"),
+            history_path=self.history_path,
+            is_writer=self.rank == 0,
+        )
+        self.callback = MICallback(evaluator, selector, strict=bool(task_cfg.mi_strict))
+        self.export_path = _inside(save_dir, str(task_cfg.mi_export))
+        self._restore(_resume_path(run_cfg.checkpoint))
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Fail at start-up if the model does not fit the adapter or lacks a requested layer."""
+        evaluator = self.callback.evaluator
+        try:
+            evaluator.adapter.check(model)
+            num_layers = evaluator.adapter.num_layers(model)
+            layers = resolve_layers(evaluator.config.layers, num_layers)
+            selection = evaluator.config.selection
+            if selection not in ("last", "mean") and resolve_layers([int(selection)], num_layers)[0] not in layers:
+                raise ValueError(f"task.mi_selection={selection} is not among the scored layers task.mi_layers={list(evaluator.config.layers)}")
+        except ValueError as error:
+            raise MIConfigError(f"task.mi_layers / model: {error}") from None
+
+    # --- events -------------------------------------------------------------------------------
+    def evaluate(self, model: torch.nn.Module, update: int, epoch: int) -> dict:
+        record = self.callback.evaluate(model, step=update, epoch=epoch)
+        if record["is_best"] and self.export_path is not None and self.rank == 0:
+            try:
+                self._export(model, record)
+            except Exception as error:  # an export failure must not end the run
+                if self.callback.strict:
+                    raise
+                logger.warning("MI export of update %d failed, training continues: %s", update, error)
+        return record
+
+    def scalars(self) -> dict[str, float]:
+        """What the validation line shows. A failed evaluation logs -inf, so fairseq keeps its best."""
+        record = self.callback.last_record
+        if record is None or record.get("status") != "ok":
+            return {METRIC: -math.inf}
+        return dict(record["metrics"])
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.callback.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.callback.load_state_dict(state)
+
+    def _restore(self, resume_path: Path) -> None:
+        if not resume_path.is_file() or self.run_cfg.checkpoint.reset_meters:
+            self._archive_stale_history()
+            return
+        from .safe_load import load_checkpoint
+
+        state = load_checkpoint(resume_path, mmap=True)
+        own = (state.get("task_state") or {}).get("ssl_mi")
+        if own is None:
+            logger.info("MI hook: %s holds no MI state; starting a fresh history", resume_path)
+            self._archive_stale_history()
+        else:
+            self.load_state_dict(own)
+            best = self.callback.selector.best
+            logger.info(
+                "MI hook resumed from %s: best %s", resume_path,
+                "none yet" if best is None else f"{best['metrics'][METRIC]:.4f} bits at update {best['step']}",
+            )
+
+    def _archive_stale_history(self) -> None:
+        """A fresh run keeps an older run's history file, renamed aside, instead of appending to it."""
+        path = self.history_path
+        if self.rank != 0 or path is None or not path.exists() or path.stat().st_size == 0:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = path.with_name(f"{path.name}.{stamp}.old")
+        os.replace(path, aside)
+        logger.warning("MI hook: fresh run; the earlier history %s was moved to %s", path, aside)
+
+    # --- export -------------------------------------------------------------------------------------
+    def _export(self, model: torch.nn.Module, record: dict) -> None:
+        """Atomically write the evaluated weights as a fairseq-loadable model checkpoint + JSON sidecar.
+
+        The exported ``cfg.task`` names the stock task (``mi_*`` settings removed), so the file loads
+        with plain fairseq, e.g. as ``w2v_path`` for fine-tuning, without this plugin.
+        """
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(self.run_cfg, resolve=True)
+        cfg["task"] = {k: v for k, v in cfg["task"].items() if not k.startswith("mi_")}
+        cfg["task"]["_name"] = self.task.mi_base_task_name
+        task_state = {k: v for k, v in self.task.state_dict().items() if k != "ssl_mi"}
+        update, epoch = record["step"], record["epoch"]
+        sidecar = {
+            "update": update,
+            "epoch": epoch,
+            "score": record["metrics"][METRIC],
+            "metric": METRIC,
+            "layers": record["settings"]["layers"],
+            "selection": record["settings"]["selection"],
+            "settings": record["settings"],
+            "subset": record["subset"],
+            "source": "model weights at the evaluation of this update (identical to fairseq's checkpoint of it)",
+            "fairseq_checkpoint": str(Path(self.run_cfg.checkpoint.save_dir) / f"checkpoint_{epoch}_{update}.pt"),
+        }
+        state = {
+            "args": None,
+            "cfg": cfg,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "criterion": None,
+            "optimizer_history": [{"criterion_name": None, "optimizer_name": None, "lr_scheduler_state": {}, "num_updates": update}],
+            "task_state": task_state,
+            "extra_state": {"ssl_mi": sidecar},
+        }
+        os.makedirs(self.export_path.parent, exist_ok=True)
+        export_atomically(lambda f: torch.save(state, f), self.export_path, sidecar)
+        logger.info("MI best (%.4f bits, update %d) exported to %s", sidecar["score"], update, self.export_path)

@@ -1,0 +1,46 @@
+"""Score saved fairseq checkpoints with exactly the evaluation the training hook runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from . import compat
+
+compat.apply()
+
+from ...data import HeldOutSubset  # noqa: E402
+from ...evaluator import EvaluationConfig, Evaluator  # noqa: E402
+from ...features.fairseq import FairseqMaskedPredictionAdapter  # noqa: E402
+
+
+def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
+    """The model of a fairseq checkpoint (safe loading: torch weights-only + fairseq's allowlist)."""
+    from fairseq import checkpoint_utils
+
+    from . import tasks  # noqa: F401  (checkpoints trained with the *_mi tasks name them)
+
+    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    return models[0].to(device).eval()
+
+
+def checkpoint_update(path: Union[str, Path]) -> Optional[int]:
+    """The update number a fairseq checkpoint was saved at (read lazily with mmap)."""
+    from .safe_load import load_checkpoint
+
+    history = load_checkpoint(path, mmap=True).get("optimizer_history") or [{}]
+    return history[-1].get("num_updates")
+
+
+def score_checkpoint(
+    path: Union[str, Path],
+    subset: HeldOutSubset,
+    config: EvaluationConfig,
+    device: Union[str, torch.device] = "cpu",
+) -> dict:
+    """One evaluation record for the checkpoint at ``path`` (plus its ``checkpoint`` and ``step``)."""
+    model = load_model(path, device)
+    record = Evaluator(config, subset, FairseqMaskedPredictionAdapter()).evaluate(model)
+    record.update(checkpoint=str(path), step=checkpoint_update(path))
+    return record

@@ -1,0 +1,139 @@
+"""MI checkpoint selection as fairseq tasks: ``audio_pretraining_mi`` and ``hubert_pretraining_mi``.
+
+Each is the stock task plus :class:`MISelectionFields` (``task.mi_*`` settings) and
+:class:`MISelectionTaskMixin`, which only translates fairseq's events into the hook:
+
+* ``train_step``: remembers the update number;
+* ``begin_valid_epoch`` (once per validation, on every rank): runs the evaluation;
+* ``reduce_metrics`` during validation: logs ``mi_bits`` & co. into the validation line (weight 0, so
+  the value is exact), which lets ``checkpoint.best_checkpoint_metric=mi_bits`` keep checkpoint_best.pt;
+* ``state_dict``: stores the selector state in the checkpoint (restored by the hook at start-up).
+
+Any other task class gets the same in three lines::
+
+    from ssl_mi_callback.integrations.fairseq import with_mi_selection
+    from my_package.tasks import MyTask, MyTaskConfig
+    with_mi_selection(MyTask, MyTaskConfig, name="my_task_mi")
+"""
+# no `from __future__ import annotations` here: omegaconf 2.0 needs real field types, not strings
+
+import logging
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Optional
+
+from . import compat
+
+compat.apply()
+
+from fairseq.dataclass import FairseqDataclass  # noqa: E402
+from fairseq.logging import metrics  # noqa: E402
+from fairseq.tasks import register_task  # noqa: E402
+from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask  # noqa: E402
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask  # noqa: E402
+
+logger = logging.getLogger("ssl_mi_callback.fairseq")
+
+
+@dataclass
+class MISelectionFields(FairseqDataclass):
+    """The ``task.mi_*`` settings (help text shows in ``--help`` and the docs)."""
+
+    mi_heldout: str = field(default="heldout", metadata={"help": "held-out UNLABELED subset scored at every validation: a split name in task.data (heldout -> DATA/heldout.tsv), a fairseq manifest path, or a folder of audio"})
+    mi_max_seconds: float = field(default=300.0, metadata={"help": "cap on held-out audio (seconds, taken in manifest order); bounds time and memory"})
+    mi_max_utterance_seconds: float = field(default=15.0, metadata={"help": "crop each held-out utterance to this many seconds"})
+    mi_layers: str = field(default="-1", metadata={"help": "comma-separated transformer layers to score, 1-based, negative from the end (e.g. '-1' or '4,8,12')"})
+    mi_selection: str = field(default="last", metadata={"help": "what mi_bits reports: 'last' scored layer, 'mean' over scored layers, or a layer number"})
+    mi_clusters: int = field(default=50, metadata={"help": "k-means clusters on the unmasked view"})
+    mi_probe: str = field(default="linear", metadata={"help": "probe q(c|Za): linear or mlp"})
+    mi_mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view (fixed masks)"})
+    mi_mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
+    mi_mask_seed: int = field(default=0, metadata={"help": "seed of the fixed masks"})
+    mi_estimator_seed: int = field(default=0, metadata={"help": "seed of the utterance split, k-means and probe"})
+    mi_bootstrap: int = field(default=200, metadata={"help": "bootstrap resamples over utterances for the 95% interval"})
+    mi_baselines: bool = field(default=True, metadata={"help": "also log RankMe and RankMe-t"})
+    mi_batch_seconds: float = field(default=64.0, metadata={"help": "audio seconds per evaluation forward batch"})
+    mi_select_checkpoint: bool = field(default=True, metadata={"help": "require checkpoint.best_checkpoint_metric=mi_bits (false: only log the MI)"})
+    mi_history: str = field(default="mi_history.jsonl", metadata={"help": "JSON-lines history of every evaluation (relative paths: inside checkpoint.save_dir)"})
+    mi_export: str = field(default="checkpoint_mi_best.pt", metadata={"help": "where the best checkpoint by MI is exported, with a .json sidecar (relative: inside checkpoint.save_dir; empty: no export)"})
+    mi_strict: bool = field(default=False, metadata={"help": "re-raise evaluation errors instead of logging them and continuing"})
+
+
+class MISelectionTaskMixin:
+    """Event translation only: all logic lives in :class:`~.hook.FairseqMIHook`."""
+
+    is_mi_selection_task = True
+
+    def __init__(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, *args, **kwargs)
+        from . import run_context
+        from .hook import FairseqMIHook
+
+        self._mi_update = 0
+        self._mi_in_validation = False
+        run_cfg = run_context.current()
+        if run_cfg is None:
+            logger.warning(
+                "MI hook inactive: task %s was set up outside ssl-mi-fairseq-hydra-train (e.g. to load a "
+                "checkpoint); start training with ssl-mi-fairseq-hydra-train to score checkpoints", cfg._name,
+            )
+            self.mi_hook: Optional[FairseqMIHook] = None
+        else:
+            self.mi_hook = FairseqMIHook(cfg, run_cfg, task=self)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.mi_hook is not None:
+            self.mi_hook.check_model(model)  # unsupported family or layer: fail before training
+        return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._mi_update = update_num + 1
+        self._mi_in_validation = False
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        self._mi_in_validation = True
+        if self.mi_hook is not None:
+            self.mi_hook.evaluate(model, update=self._mi_update, epoch=epoch)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        if self._mi_in_validation and self.mi_hook is not None:
+            for key, value in self.mi_hook.scalars().items():
+                metrics.log_scalar(key, value, weight=0, round=4)
+
+    def state_dict(self):
+        state = dict(super().state_dict())
+        if self.mi_hook is not None:
+            state["ssl_mi"] = self.mi_hook.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        own = state_dict.pop("ssl_mi", None)
+        super().load_state_dict(state_dict)
+        if own is not None and self.mi_hook is not None:
+            self.mi_hook.load_state_dict(own)
+
+
+def with_mi_selection(task_class: type, config_class: type, name: str) -> type:
+    """Register ``name``: ``task_class`` with MI checkpoint selection and ``config_class`` + mi_* settings."""
+    config = make_dataclass(f"{config_class.__name__}MI", [], bases=(config_class, MISelectionFields))
+    config.__module__ = __name__
+    task = type(
+        f"{task_class.__name__}MI",
+        (MISelectionTaskMixin, task_class),
+        {"__module__": __name__, "mi_base_task_name": _registered_name(task_class)},
+    )
+    return register_task(name, dataclass=config)(task)
+
+
+def _registered_name(task_class: type) -> Optional[str]:
+    from fairseq.tasks import TASK_REGISTRY
+
+    return next((key for key, value in TASK_REGISTRY.items() if value is task_class), None)
+
+
+AudioPretrainingMITask = with_mi_selection(AudioPretrainingTask, AudioPretrainingConfig, "audio_pretraining_mi")
+HubertPretrainingMITask = with_mi_selection(HubertPretrainingTask, HubertPretrainingConfig, "hubert_pretraining_mi")

@@ -1,0 +1,167 @@
+"""MI bounds against known answers, independence, determinism, result fields."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssl_mi_callback.estimators import (
+    SupervisedMIResult,
+    UnsupervisedMIResult,
+    bound_interval,
+    entropy_bits,
+    supervised_mi,
+    unsupervised_mi,
+)
+from ssl_mi_callback.estimators.seeding import make_generator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
+]
+UNSUPERVISED_FIELDS = {
+    "estimator", "mi_bits", "h_c_bits", "ce_bits", "mi_normalized", "ci95_bits", "kmeans_inertia_eval",
+    "n_frames_fit", "n_frames_eval", "n_utterances_fit", "n_utterances_eval", "clusters", "probe", "seed",
+    "fit_fraction", "bootstrap", "dropped_nonfinite",
+}  # fmt: skip
+SUPERVISED_FIELDS = (UNSUPERVISED_FIELDS - {"h_c_bits", "clusters", "kmeans_inertia_eval"}) | {
+    "h_y_bits", "accuracy", "n_classes",
+}  # fmt: skip
+
+
+def symmetric_channel_information(p, flip):
+    """Exact I(S; S') in bits for S ~ p and S' = S, or with probability ``flip`` a uniform state."""
+    n = len(p)
+    joint = p[:, None] * ((1.0 - flip) * np.eye(n) + flip / n)
+    marginal = joint.sum(0)
+    return float((joint * np.log2(joint / (p[:, None] * marginal[None, :]))).sum())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("probe", ["linear", "mlp"])
+def test_separable_views_reach_the_latent_entropy(probe, device, two_views):
+    """zb reveals S (16 equiprobable states), za reveals S: I(Za; c(Zb)) = H(S) = 4 bits."""
+    za, zb, groups, _, _ = two_views(16)
+    za, zb = torch.from_numpy(za).to(device), torch.from_numpy(zb).to(device)
+    result = unsupervised_mi(za, zb, groups, clusters=16, probe=probe, seed=0)
+    truth = math.log2(16)
+    low, high = result.ci95_bits
+    assert low <= truth  # never above the truth beyond the interval
+    assert abs(result.mi_bits - truth) < 0.1
+    assert high - low < 0.1
+    assert result.mi_normalized > 0.98
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_channel_with_non_uniform_latent_stays_below_exact_information(seed, two_views):
+    """S ~ p (non-uniform), zb reveals S, za reveals S' = S or (probability 0.3) a uniform state.
+    I(Za; c(Zb)) = I(S; S'), computed exactly."""
+    p = np.array([0.3, 0.2, 0.15, 0.15, 0.1, 0.05, 0.03, 0.02])
+    za, zb, groups, _, _ = two_views(8, p=p, flip=0.3, n_utterances=100, dims_a=12, dims_b=20, seed=seed)
+    truth = symmetric_channel_information(p, 0.3)
+    result = unsupervised_mi(za, zb, groups, clusters=8, seed=seed)
+    low, high = result.ci95_bits
+    assert result.mi_bits <= truth + (high - low) / 2
+    assert low <= truth
+    assert result.mi_bits > truth - 0.25  # and not vacuous
+
+
+@pytest.mark.parametrize("clusters", [16, 50])
+def test_independent_views_give_zero(clusters, two_views):
+    za, zb, groups, _, _ = two_views(16, n_utterances=120, seed=3)
+    za_independent = np.random.default_rng(4).normal(size=za.shape).astype(np.float32)
+    result = unsupervised_mi(za_independent, zb, groups, clusters=clusters, seed=0)
+    assert abs(result.mi_bits) < 0.05
+    assert result.h_c_bits > 3.5
+
+
+def test_collapsed_view_gives_zero_not_a_negative_floor(two_views):
+    za, zb, groups, _, _ = two_views(16, n_utterances=120, seed=5)
+    result = unsupervised_mi(np.zeros_like(za), zb, groups, clusters=16, probe="mlp")
+    assert abs(result.mi_bits) < 0.05
+
+
+def test_supervised_bound_and_accuracy(two_views):
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    za, _, groups, s, s_prime = two_views(4, p=p, flip=0.2, n_utterances=60, seed=6)
+    result = supervised_mi(za, s, groups, seed=0)
+    truth = symmetric_channel_information(p, 0.2)
+    assert isinstance(result, SupervisedMIResult)
+    assert result.ci95_bits[0] <= truth and result.mi_bits > truth - 0.25
+    best_accuracy = 1 - 0.2 * 3 / 4  # predicting s' is optimal here
+    assert result.accuracy == pytest.approx(best_accuracy, abs=0.05)
+    assert result.n_classes == 4
+    assert set(result.to_dict()) == SUPERVISED_FIELDS
+
+
+def test_same_seed_same_numbers_to_the_last_digit(two_views):
+    za, zb, groups, _, _ = two_views(8, n_utterances=40, flip=0.4, seed=7)
+    global_state = torch.get_rng_state()
+    runs = [
+        unsupervised_mi(za, zb, groups, clusters=8, seed=11, probe=probe).to_dict()
+        for probe in ("linear", "linear", "mlp")
+    ]
+    assert torch.equal(torch.get_rng_state(), global_state)  # no global RNG use
+    assert runs[0] == runs[1]
+    assert unsupervised_mi(za, zb, groups, clusters=8, seed=12).to_dict() != runs[0]
+    tensors = [torch.from_numpy(a) for a in (za, zb, groups)]
+    assert unsupervised_mi(*tensors, clusters=8, seed=11).to_dict() == runs[0]
+
+
+def test_non_finite_frames_are_dropped_and_counted(two_views):
+    za, zb, groups, _, _ = two_views(8, n_utterances=40, seed=8)
+    za[3, 0], zb[10, 2], zb[11, 1], za[11, 5] = np.nan, np.inf, -np.inf, np.nan
+    result = unsupervised_mi(za, zb, groups, clusters=8, bootstrap=0)
+    assert result.dropped_nonfinite == 3
+    assert result.n_frames_fit + result.n_frames_eval == len(groups) - 3
+    assert result.ci95_bits is None
+    assert math.isfinite(result.mi_bits)
+
+
+def test_result_fields_are_json_serialisable(two_views):
+    za, zb, groups, _, _ = two_views(8, n_utterances=20, dims_a=5, dims_b=30, seed=9)
+    calls = []
+    result = unsupervised_mi(za, zb, groups, clusters=8, bootstrap=200, reduce_fn=lambda t: calls.append(1) or t)
+    assert isinstance(result, UnsupervisedMIResult) and calls  # reduce_fn reaches k-means
+    fields = json.loads(json.dumps(result.to_dict()))
+    assert set(fields) == UNSUPERVISED_FIELDS
+    assert fields["estimator"] == "unsupervised" and fields["clusters"] == 8 and fields["bootstrap"] == 200
+    assert fields["n_utterances_fit"] == fields["n_utterances_eval"] == 10
+    assert fields["mi_bits"] == pytest.approx(fields["h_c_bits"] - fields["ce_bits"])
+    assert isinstance(fields["ci95_bits"], list) and len(fields["ci95_bits"]) == 2
+
+
+@given(st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=30).filter(lambda c: sum(c) > 0))
+@settings(max_examples=50, deadline=None)
+def test_entropy_bits_matches_numpy(counts):
+    p = np.array(counts, dtype=np.float64) / sum(counts)
+    expected = -float(np.sum(p[p > 0] * np.log2(p[p > 0])))
+    assert float(entropy_bits(torch.tensor(counts))) == pytest.approx(expected, abs=1e-9)
+
+
+def test_bootstrap_interval_matches_explicit_resampling():
+    """Vectorised per-utterance statistics give what resampling the frames themselves gives."""
+    rng = np.random.default_rng(10)
+    n_utterances, n_classes = 12, 5
+    frames = [rng.integers(0, n_classes, size=rng.integers(5, 30)) for _ in range(n_utterances)]
+    cost = [rng.exponential(size=len(f)) for f in frames]  # -log2 q per frame
+    class_counts = torch.tensor(np.stack([np.bincount(f, minlength=n_classes) for f in frames]))
+    cost_sums = torch.tensor([c.sum() for c in cost])
+    low, high = bound_interval(class_counts, cost_sums, 300, make_generator(1, "test"))
+
+    draws = torch.randint(n_utterances, (300, n_utterances), generator=make_generator(1, "test")).numpy()
+
+    def bound(utterances):
+        labels = np.concatenate([frames[u] for u in utterances])
+        cross_entropy = np.concatenate([cost[u] for u in utterances]).mean()
+        return float(entropy_bits(torch.from_numpy(np.bincount(labels)))) - cross_entropy
+
+    resampled = [bound(row) for row in draws]
+    estimate = bound(range(n_utterances))
+    q_low, q_high = np.quantile(resampled, [0.025, 0.975])
+    assert (low, high) == pytest.approx((2 * estimate - q_high, 2 * estimate - q_low), abs=1e-9)

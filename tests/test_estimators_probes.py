@@ -1,0 +1,113 @@
+"""Probes: learn what is there, fall back to the marginal when nothing is, split by group, determinism."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from ssl_mi_callback.estimators import (
+    EstimatorInputError,
+    LinearProbe,
+    MLPProbe,
+    entropy_bits,
+    make_probe,
+    split_by_group,
+)
+from ssl_mi_callback.estimators.seeding import make_generator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
+]
+
+
+def cross_entropy_bits(probe, x, y):
+    log_q = probe.predict_log_proba(x).cpu().double()
+    return float(-log_q[torch.arange(len(y)), torch.as_tensor(y)].mean() / math.log(2))
+
+
+def noisy_classes(seed, n_utterances=60, frames=40, n_classes=6, dims=10, noise=1.5):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, dims))
+    y = rng.integers(n_classes, size=n_utterances * frames)
+    x = (means[y] + noise * rng.normal(size=(len(y), dims))).astype(np.float32)
+    return x, y, np.repeat(np.arange(n_utterances), frames)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_probe_separates_separable_classes(kind, device, two_views):
+    za, _, groups, s, _ = two_views(8, n_utterances=30, frames_per_utterance=40)
+    probe = make_probe(kind, seed=0).fit(torch.from_numpy(za).to(device), s, groups)
+    log_q = probe.predict_log_proba(za)
+    assert log_q.shape == (len(s), 8) and log_q.device.type == device
+    assert torch.allclose(torch.logsumexp(log_q, dim=1), torch.zeros(len(s), device=device), atol=1e-5)
+    assert float((probe.predict(za).cpu() == torch.from_numpy(s)).double().mean()) > 0.99
+
+
+def test_linear_probe_is_as_good_as_sklearn_logistic_regression():
+    x, y, groups = noisy_classes(seed=0)
+    fit, held_out = groups < 40, groups >= 40
+    ours = LinearProbe(seed=0).fit(x[fit], y[fit], groups[fit])
+    reference = LogisticRegression(C=1e4, max_iter=2000).fit(x[fit], y[fit])
+    reference_ce = float(-np.log2(reference.predict_proba(x[held_out])[np.arange(held_out.sum()), y[held_out]]).mean())
+    ours_ce = cross_entropy_bits(ours, x[held_out], y[held_out])
+    assert ours_ce <= reference_ce + 0.01, (ours_ce, reference_ce)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("features", ["constant", "noise"])
+def test_uninformative_input_falls_back_to_the_marginal(kind, features):
+    rng = np.random.default_rng(1)
+    n_utterances, frames = 60, 50
+    y = rng.choice(5, size=n_utterances * frames, p=[0.4, 0.3, 0.15, 0.1, 0.05])
+    if features == "constant":
+        x = np.full((len(y), 12), 3.7, np.float32)
+    else:
+        x = rng.normal(size=(len(y), 12)).astype(np.float32)
+    groups = np.repeat(np.arange(n_utterances), frames)
+    fit, held_out = groups < 30, groups >= 30
+    probe = make_probe(kind, seed=0).fit(x[fit], y[fit], groups[fit])
+    entropy = float(entropy_bits(torch.bincount(torch.from_numpy(y[held_out]))))
+    assert cross_entropy_bits(probe, x[held_out], y[held_out]) <= entropy + 0.02
+
+
+def test_n_classes_reserves_logits_for_unseen_classes():
+    x, y, groups = noisy_classes(seed=2, n_classes=3)
+    probe = LinearProbe(n_classes=7).fit(x, y, groups)
+    log_q = probe.predict_log_proba(x)
+    assert log_q.shape == (len(y), 7)
+    assert float(log_q[:, 3:].exp().max()) < 1e-2
+
+
+@pytest.mark.parametrize("probe_class", [LinearProbe, MLPProbe])
+def test_same_seed_same_log_probabilities(probe_class):
+    x, y, groups = noisy_classes(seed=3)
+    first = probe_class(seed=4, max_steps=15).fit(x, y, groups).predict_log_proba(x)
+    second = probe_class(seed=4, max_steps=15).fit(x, y, groups).predict_log_proba(x)
+    assert torch.equal(first, second)
+
+
+def test_group_split_keeps_utterances_whole_and_ignores_frame_order():
+    groups = torch.from_numpy(np.random.default_rng(0).integers(0, 25, size=1000))
+    first, second = split_by_group(groups, 0.3, make_generator(0, "test"))
+    assert not set(groups[first].tolist()) & set(groups[second].tolist())
+    assert len(set(groups[first].tolist())) == round(0.3 * 25)
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(1))
+    shuffled_first, _ = split_by_group(groups[order], 0.3, make_generator(0, "test"))
+    assert set(groups[order][shuffled_first].tolist()) == set(groups[first].tolist())
+
+
+def test_probe_input_errors():
+    x, y, groups = noisy_classes(seed=5)
+    with pytest.raises(EstimatorInputError, match="not fitted"):
+        LinearProbe().predict_log_proba(x)
+    with pytest.raises(EstimatorInputError, match="n_classes=2"):
+        LinearProbe(n_classes=2).fit(x, y, groups)
+    with pytest.raises(EstimatorInputError, match="single utterance"):
+        LinearProbe().fit(x, y, np.zeros_like(groups))
+    with pytest.raises(EstimatorInputError, match="probe must be one of"):
+        make_probe("svm")

@@ -1,0 +1,111 @@
+"""End to end: real fairseq pretraining (tiny models, CPU) on generated speech with the MI flag on."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import require
+from fairseq_runs import metric_in_line, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(speech_corpus):
+    require("fairseq")
+    return speech_corpus
+
+
+def _load(path):
+    import ssl_mi_callback.integrations.fairseq  # noqa: F401  (compat + allowlist)
+    from ssl_mi_callback.integrations.fairseq.safe_load import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _best_step(history):
+    """The step fairseq's checkpoint_best.pt must hold: max MI, ties to the newer evaluation."""
+    best = None
+    for record in history:
+        score = record["metrics"].get("mi_bits") if record["status"] == "ok" else None
+        if score is not None and (best is None or score >= best[0]):
+            best = (score, record["step"])
+    return best
+
+
+@pytest.fixture(scope="module")
+def wav2vec2_run(corpus, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("w2v") / "checkpoints"
+    run = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=150"])
+    assert run.returncode == 0, run.output[-4000:]
+    return run
+
+
+def test_mi_is_in_every_validation_line(wav2vec2_run):
+    lines = wav2vec2_run.valid_lines()
+    assert len(lines) == 3, "\n".join(lines)
+    history = wav2vec2_run.history()
+    for line, record in zip(lines, history):
+        assert math.isclose(metric_in_line(line, "mi_bits"), record["metrics"]["mi_bits"], abs_tol=1e-4)
+        for name in ("h_c_bits_l2", "ce_bits_l2", "mi_ci95_low_l2", "mi_ci95_high_l2", "rankme_l2"):
+            metric_in_line(line, name)
+
+
+def test_history_is_complete(wav2vec2_run):
+    history = wav2vec2_run.history()
+    assert [r["step"] for r in history] == [50, 100, 150]
+    for record in history:
+        assert record["status"] == "ok"
+        assert math.isfinite(record["metrics"]["mi_bits"])
+        assert record["settings"]["clusters"] == 16 and record["settings"]["layers"] == [-1]
+        assert record["subset"]["utterances"] > 2 and record["subset"]["fingerprint"]
+        low, high = record["layers"]["2"]["ci95_bits"]
+        assert low <= record["metrics"]["mi_bits"] <= high
+
+
+def test_checkpoint_best_follows_mi_not_loss(wav2vec2_run):
+    history = wav2vec2_run.history()
+    best_score, best_step = _best_step(history)
+    state = _load(wav2vec2_run.save_dir / "checkpoint_best.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == best_step
+    assert math.isclose(state["extra_state"]["best"], best_score, abs_tol=1e-9)
+    # fairseq's own best is the MI maximum, not the lowest validation loss
+    assert state["extra_state"]["best"] == max(r["metrics"]["mi_bits"] for r in history)
+
+
+def test_export_loads_and_matches_the_best_update(wav2vec2_run):
+    from fairseq import checkpoint_utils
+
+    from ssl_mi_callback.selection import read_sidecar
+
+    history = wav2vec2_run.history()
+    _, best_step = _best_step(history)
+    export = wav2vec2_run.save_dir / "checkpoint_mi_best.pt"
+    sidecar = read_sidecar(export, verify=True)
+    assert sidecar["update"] == best_step and sidecar["metric"] == "mi_bits"
+    exported = _load(export)
+    fairseq_best = _load(wav2vec2_run.save_dir / "checkpoint_best.pt")
+    assert exported["cfg"]["task"]["_name"] == "audio_pretraining"
+    for name, tensor in fairseq_best["model"].items():
+        assert torch.equal(tensor, exported["model"][name]), name
+    # loads with stock fairseq, no plugin needed
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(export)])
+    assert type(task).__name__ == "AudioPretrainingTask"
+
+
+def test_resume_continues_history_and_best(corpus, tmp_path):
+    save_dir = tmp_path / "checkpoints"
+    first = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=100"])
+    assert first.returncode == 0, first.output[-4000:]
+    assert [r["step"] for r in first.history()] == [50, 100]
+    second = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=150"])
+    assert second.returncode == 0, second.output[-4000:]
+    history = second.history()
+    assert [r["step"] for r in history] == [50, 100, 150]
+    assert history[:2] == first.history()
+    best_score, best_step = _best_step(history)
+    state = _load(save_dir / "checkpoint_best.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == best_step
+    assert state["task_state"]["ssl_mi"]["selector"]["best"]["step"] == best_step
