@@ -114,9 +114,35 @@ def _summary(fields: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ report
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("history", metavar="HISTORY.jsonl", help="history written during training (mi_history.jsonl)")
+    parser.add_argument("--json", action="store_true", help="print the best record as JSON instead of the table")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import best_record, format_table, read_history
+
+    if not Path(args.history).is_file():
+        raise CommandError(f"no such history file: {args.history}")
+    records = read_history(args.history)
+    print(json.dumps(best_record(records)) if args.json else format_table(records))
+    return 0
+
+
+# ------------------------------------------------------------------------------ fairseq-user-dir
+def run_fairseq_user_dir(args: argparse.Namespace) -> int:
+    from .integrations.fairseq import USER_DIR
+
+    print(USER_DIR)
+    return 0
+
+
 # ------------------------------------------------------------------------------ registry
 COMMANDS: List[Command] = [
     Command("estimate", "MI lower bound from saved features (.npy)", configure_estimate, run_estimate),
+    Command("report", "table of an MI history with the best evaluation marked", configure_report, run_report),
+    Command("fairseq-user-dir", "print the fairseq common.user_dir of the MI plugin", lambda parser: None, run_fairseq_user_dir),
 ]
 
 

@@ -23,6 +23,9 @@ from .features import FeatureAdapter, resolve_layers
 from .views import MaskConfig, span_mask
 
 SAMPLE_RATE = 16000
+METRIC_DECIMALS = 4
+"""The flat ``metrics`` are rounded to 1e-4 (far below the estimator's noise), so a host that logs
+and compares them at 4 decimals (fairseq's validation line) selects on exactly the same numbers."""
 logger = logging.getLogger("ssl_mi_callback")
 
 
@@ -237,6 +240,7 @@ class Evaluator:
                 low, high = result["ci95_bits"]
                 metrics[f"mi_ci95_low_l{layer}"], metrics[f"mi_ci95_high_l{layer}"] = float(low), float(high)
         metrics["mi_bits"] = self._selection_value(per_layer, self.adapter.num_layers(model))
+        metrics = {key: round(value, METRIC_DECIMALS) for key, value in metrics.items()}
         record_extra = self._agree_across_ranks(metrics)
         finished = time.perf_counter()
         return {

@@ -84,3 +84,52 @@ def _two_views(
 def two_views():
     """Factory for paired views of a discrete latent (see ``_two_views``)."""
     return _two_views
+
+
+@pytest.fixture(scope="session")
+def speech_corpus(tmp_path_factory):
+    """A 6-minute generated corpus (espeak-ng + flite) with a 25% held-out split, made once per session.
+
+    Returns the corpus directory: fairseq manifests train/valid/heldout/probe_*.tsv, .phn labels.
+    """
+    require("espeak-ng", "flite")
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("speech") / "corpus"
+    subprocess.run(
+        [sys.executable, "-m", "ssl_mi_callback.corpus", "--out", str(out), "--minutes", "6", "--seed", "0",
+         "--splits", "train=0.6,valid=0.05,heldout=0.25,probe_train=0.05,probe_test=0.05"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return out
+
+
+# Settings of the session-wide tiny corpus (a few dozen short utterances, both engines).
+TINY_CORPUS_SPLITS = (("train", 0.4), ("valid", 0.1), ("heldout", 0.2), ("probe_train", 0.15),
+                      ("probe_test", 0.15))
+
+
+def tiny_corpus_config(**changes):
+    """The CorpusConfig of the ``tiny_corpus`` fixture (pass changes for variants)."""
+    from ssl_mi_callback.corpus import CorpusConfig
+
+    settings = dict(minutes=1.5, seed=0, splits=TINY_CORPUS_SPLITS, min_words=3, max_words=8)
+    settings.update(changes)
+    return CorpusConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """Path of a generated corpus: ~1.5 min, 16 kHz, espeak-ng + flite, all five splits.
+
+    Layout: wav/*.wav, {train,valid,heldout,probe_train,probe_test}.tsv (fairseq manifests)
+    and .phn (20 ms frame phone ids), phones.txt, utterances.tsv, align/<uid>.tsv, corpus.json.
+    Generated once per test session (a few seconds).
+    """
+    require("espeak-ng", "flite")
+    from ssl_mi_callback.corpus import generate_corpus
+
+    out_dir = tmp_path_factory.mktemp("tiny_corpus")
+    generate_corpus(tiny_corpus_config(), out_dir, jobs=2)
+    return out_dir

@@ -143,11 +143,17 @@ _SENTENCES = [
     "we walked along the narrow path until the village came into view",
     "bright yellow flowers grew beside the road leading to the farm",
     "an orange train rolled slowly through the quiet mountain valley",
+    "the old clock on the wall struck twelve as the guests arrived",
+    "fresh bread and warm soup were waiting on the kitchen table",
+    "two blue birds built a nest high in the branches of the oak",
+    "the teacher wrote a long list of new words on the board",
 ]
+# heldout: the unlabeled subset that MI tasks (*_pretraining_mi) score on; they need >= 4 utterances
+_SPLITS = (("train", range(8)), ("valid", range(8, 10)), ("heldout", range(10, 14)))
 
 
 def _make_corpus(root: Path) -> Path:
-    """espeak-ng speech at 16 kHz plus fairseq manifests (train 8, valid 2 utterances)."""
+    """espeak-ng speech at 16 kHz plus fairseq manifests for the splits in ``_SPLITS``."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
@@ -165,7 +171,7 @@ def _make_corpus(root: Path) -> Path:
         audio = resample_poly(audio, 16000, rate).astype(np.float32)
         sf.write(str(wav_dir / f"u{index}.wav"), audio, 16000)
         sizes.append(len(audio))
-    for split, indices in (("train", range(8)), ("valid", range(8, 10))):
+    for split, indices in _SPLITS:
         lines = [str(wav_dir)] + [f"u{i}.wav\t{sizes[i]}" for i in indices]
         (manifest_dir / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return manifest_dir
@@ -208,20 +214,25 @@ def tiny_checkpoints(tmp_path_factory):
 @pytest.mark.fairseq
 @pytest.mark.speech
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert"])
-@pytest.mark.parametrize("name", ["checkpoint_last.pt", "checkpoint_best.pt", "interval"])
-def test_tiny_checkpoints_load_safely(safe_load, tiny_checkpoints, family, name):
+def test_tiny_checkpoints_load_safely(safe_load, tiny_checkpoints, family):
+    # last + best always; checkpoint_<epoch>_<updates>.pt only where an interval save is not also
+    # an epoch end (fairseq skips it there), which depends on batching
+    paths = sorted(tiny_checkpoints[family].glob("checkpoint*.pt"))
+    assert {"checkpoint_last.pt", "checkpoint_best.pt"} <= {p.name for p in paths}
+    for path in paths:
+        state = safe_load.load_checkpoint(path)
+        _check_state(state, family, path.name)
+
+
+def _check_state(state, family, name):
     import torch
     from fairseq.data.dictionary import Dictionary
 
-    if name == "interval":  # checkpoint_<epoch>_<updates>.pt; the epoch depends on batching
-        (path,) = tiny_checkpoints[family].glob(f"checkpoint_*_{UPDATES}.pt")
-    else:
-        path = tiny_checkpoints[family] / name
-    state = safe_load.load_checkpoint(path)
-    assert state["optimizer_history"][-1]["num_updates"] == UPDATES
+    if name == "checkpoint_last.pt":
+        assert state["optimizer_history"][-1]["num_updates"] == UPDATES
     assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
-    dictionaries = state["task_state"].get("dictionaries")
-    if family == "hubert":
+    dictionaries = (state.get("task_state") or {}).get("dictionaries")
+    if family == "hubert" and "task_state" in state:
         assert [type(d) for d in dictionaries] == [Dictionary]
         assert len(dictionaries[0]) == 8 + 4  # k clusters + bos/pad/eos/unk
     else:
@@ -240,6 +251,8 @@ def test_fairseq_own_loader_works(safe_load, tiny_checkpoints, family):
     path = tiny_checkpoints[family] / "checkpoint_best.pt"
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
     assert state["cfg"]["model"]["_name"] == family
+    if state["cfg"]["task"]["_name"].endswith("_mi"):  # a recipe on an MI task: register those first
+        import ssl_mi_callback.integrations.fairseq.tasks  # noqa: F401
     # the training data need not exist any more: the task's dictionaries come from task_state
     overrides = {"data": "/nonexistent"}
     if family == "hubert":

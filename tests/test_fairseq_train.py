@@ -99,12 +99,14 @@ def test_resume_continues_history_and_best(corpus, tmp_path):
     save_dir = tmp_path / "checkpoints"
     first = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=100"])
     assert first.returncode == 0, first.output[-4000:]
-    assert [r["step"] for r in first.history()] == [50, 100]
+    first_history = first.history()
+    assert [r["step"] for r in first_history] == [50, 100]
     second = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=150"])
     assert second.returncode == 0, second.output[-4000:]
     history = second.history()
     assert [r["step"] for r in history] == [50, 100, 150]
-    assert history[:2] == first.history()
+    assert history[:2] == first_history
+    assert "resumed from" in second.output
     best_score, best_step = _best_step(history)
     state = _load(save_dir / "checkpoint_best.pt")
     assert state["optimizer_history"][-1]["num_updates"] == best_step

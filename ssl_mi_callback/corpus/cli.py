@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .errors import EngineUnavailable
 from .generate import (DEFAULT_ESPEAK_VOICES, DEFAULT_FLITE_VOICES, DEFAULT_SPLITS, CorpusConfig,
@@ -37,13 +37,25 @@ def _range(text: str) -> Tuple[float, float]:
     return low, high
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Add the corpus options to ``parser`` (a new one, or a subcommand's) and return it."""
-    if parser is None:
-        parser = argparse.ArgumentParser(
-            prog="python -m ssl_mi_callback.corpus",
-            description="Generate a synthetic English speech corpus (espeak-ng, flite) with "
-                        "20 ms frame-level phone labels aligned by construction.")
+DESCRIPTION = ("Generate a synthetic English speech corpus (espeak-ng, flite) with 20 ms "
+               "frame-level phone labels aligned by construction.")
+
+
+def build_parser(subparsers_or_parser=None) -> argparse.ArgumentParser:
+    """The corpus options on a new parser, on a given parser, or on a new ``corpus`` subcommand.
+
+    Pass nothing (standalone), an ``ArgumentParser`` (options are added to it), or the object
+    ``add_subparsers()`` returned (a ``corpus`` subcommand is added). Returns the parser used;
+    call ``run(args)`` with what it parses.
+    """
+    if subparsers_or_parser is None:
+        parser = argparse.ArgumentParser(prog="python -m ssl_mi_callback.corpus",
+                                         description=DESCRIPTION)
+    elif hasattr(subparsers_or_parser, "add_parser"):
+        parser = subparsers_or_parser.add_parser("corpus", help=DESCRIPTION.split(" with ")[0],
+                                                 description=DESCRIPTION)
+    else:
+        parser = subparsers_or_parser
     defaults = CorpusConfig()
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--minutes", type=float, default=defaults.minutes,
@@ -70,8 +82,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                         help="fraction of utterances with added white noise (default 0.25)")
     parser.add_argument("--snr-db-range", type=_range, default=defaults.snr_db_range,
                         help="LOW,HIGH SNR in dB of the added noise (default 10,30)")
-    parser.add_argument("--min-words", type=int, default=defaults.min_words)
-    parser.add_argument("--max-words", type=int, default=defaults.max_words)
+    parser.add_argument("--min-words", type=int, default=defaults.min_words,
+                        help="shortest sentence in words (default %(default)s)")
+    parser.add_argument("--max-words", type=int, default=defaults.max_words,
+                        help="longest sentence in words (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="worker processes (default: all cores); output does not depend on it")
     parser.add_argument("--force", action="store_true",

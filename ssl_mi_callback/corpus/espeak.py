@@ -1,60 +1,37 @@
-"""espeak-ng through its C library (ctypes): audio plus the exact start sample of every phone.
+"""espeak-ng through its C library: audio plus the exact start sample of every phone.
 
-``espeak_Initialize`` in synchronous mode with phoneme events makes the library call our callback
-with audio chunks and events; each ``espeakEVENT_PHONEME`` carries the phone mnemonic and
-``sample``, the absolute index of the phone's first sample in the utterance's audio. Phone
-boundaries therefore come from the synthesizer itself, not from a separate alignment.
+Synthesis runs in a small helper process (``_espeak_server.py``, standard library only) that
+calls libespeak-ng through ctypes and forks a fresh child per utterance, so every utterance is
+rendered from the same pristine engine state, whatever was spoken before and whichever worker
+speaks it. Phone boundaries come from the synthesizer's own phoneme events (``sample`` field),
+not from a separate alignment.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import logging
 import os
+import pickle
+import struct
+import subprocess
+import sys
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from .errors import EngineUnavailable
-from .isolation import ChildFailed, run_in_fork
 
 logger = logging.getLogger("ssl_mi_callback.corpus")
 
 INSTALL_HINT = "install espeak-ng (Debian/Ubuntu: apt-get install espeak-ng libespeak-ng1)"
-
-# espeak_AUDIO_OUTPUT / options / event types / parameters from speak_lib.h
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_PHONEME_EVENTS = 0x0001
-_INITIALIZE_DONT_EXIT = 0x8000
-_EVENT_LIST_TERMINATED = 0
-_EVENT_PHONEME = 7
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_PARAM_RATE = 1
-_PARAM_VOLUME = 2
-_PARAM_PITCH = 3
-_PARAM_RANGE = 4
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
-                ("text_position", ctypes.c_int), ("length", ctypes.c_int),
-                ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", _EventId)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                             ctypes.POINTER(_Event))
+_SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_espeak_server.py")
 
 
 def load_library() -> ctypes.CDLL:
     """The libespeak-ng shared library, or EngineUnavailable with an install hint."""
-    candidates = ["libespeak-ng.so.1", ctypes.util.find_library("espeak-ng"), "libespeak-ng.dylib"]
-    for name in candidates:
+    for name in ("libespeak-ng.so.1", ctypes.util.find_library("espeak-ng"), "libespeak-ng.dylib"):
         if not name:
             continue
         try:
@@ -64,91 +41,65 @@ def load_library() -> ctypes.CDLL:
     raise EngineUnavailable(f"espeak-ng library (libespeak-ng) not found: {INSTALL_HINT}")
 
 
-class EspeakSynthesizer:
-    """One initialised espeak-ng instance (the library is process-global: one per process)."""
+class EspeakServer:
+    """Client of one ``_espeak_server.py`` process (one per worker process)."""
 
     def __init__(self) -> None:
-        lib = load_library()
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        lib.espeak_Synth.restype = ctypes.c_int
-        lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
-        lib.espeak_Info.restype = ctypes.c_char_p
-        self._lib = lib
-        self.sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT)
-        if self.sample_rate <= 0:
-            raise EngineUnavailable(f"espeak_Initialize failed ({self.sample_rate}): {INSTALL_HINT}")
-        data_path = ctypes.c_char_p()
-        self.version = lib.espeak_Info(ctypes.byref(data_path)).decode()
-        self.data_path = (data_path.value or b"").decode()
-        self._chunks: List[np.ndarray] = []
-        self._phones: List[Tuple[str, int]] = []
-        self._callback = _CALLBACK(self._on_synth)  # keep a reference: the library holds a pointer
-        lib.espeak_SetSynthCallback(self._callback)
-
-    def _on_synth(self, wav, num_samples, events) -> int:
-        if wav and num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-        index = 0
-        while events[index].type != _EVENT_LIST_TERMINATED:
-            event = events[index]
-            if event.type == _EVENT_PHONEME:
-                self._phones.append((event.id.string.decode("utf-8", "replace"), event.sample))
-            index += 1
-        return 0
-
-    @staticmethod
-    def probe() -> dict:
-        """Version and data path, learnt in a forked child so this process stays uninitialised."""
         load_library()  # a missing library fails here, with the install hint
-
-        def describe() -> dict:
-            engine = EspeakSynthesizer()
-            return {"version": engine.version, "data_path": engine.data_path,
-                    "sample_rate": engine.sample_rate}
-
+        self._process = subprocess.Popen([sys.executable, "-I", "-S", _SERVER_SCRIPT],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
-            return run_in_fork(describe)
-        except ChildFailed as error:
+            self.info = self._receive()
+        except RuntimeError as error:
+            self.close()
             raise EngineUnavailable(f"espeak-ng does not initialise ({error}): {INSTALL_HINT}")
+        self.sample_rate: int = self.info["sample_rate"]
+        self.version: str = self.info["version"]
+        self.data_path: str = self.info["data_path"]
 
-    def has_variant(self, variant: str) -> bool:
-        """Whether espeak-ng-data has the voice variant file (unknown variants are ignored silently)."""
-        return os.path.isfile(os.path.join(self.data_path, "voices", "!v", variant))
+    def _receive(self):
+        header = self._process.stdout.read(4)
+        if len(header) < 4:
+            raise RuntimeError(f"espeak-ng helper exited (status {self._process.poll()})")
+        (size,) = struct.unpack("<I", header)
+        status, value = pickle.loads(self._process.stdout.read(size))
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
 
-    def set_voice(self, voice: str) -> None:
-        """Select a voice such as ``en-us``, ``en`` (British) or ``en-us+f2`` (dialect+variant)."""
-        dialect, _, variant = voice.partition("+")
-        if variant and not self.has_variant(variant):
-            raise ValueError(f"espeak-ng voice variant {variant!r} not found in {self.data_path}")
-        status = self._lib.espeak_SetVoiceByName(voice.encode())
-        if status != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r} (error {status}); "
-                             "see `espeak-ng --voices=en` and `--voices=variant`")
+    def _request(self, *message):
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._process.stdin.write(struct.pack("<I", len(payload)) + payload)
+        self._process.stdin.flush()
+        return self._receive()
 
     def synthesize(self, text: str, voice: str, *, words_per_minute: int = 175, pitch: int = 50,
                    pitch_range: int = 50) -> Tuple[np.ndarray, List[Tuple[str, int]]]:
-        """int16 audio at ``sample_rate`` and (phone, start sample) pairs in time order."""
-        self.set_voice(voice)
-        for parameter, value in ((_PARAM_RATE, words_per_minute), (_PARAM_PITCH, pitch),
-                                 (_PARAM_RANGE, pitch_range), (_PARAM_VOLUME, 100)):
-            self._lib.espeak_SetParameter(parameter, int(value), 0)
-        self._chunks, self._phones = [], []
-        encoded = text.encode("utf-8") + b"\0"
-        status = self._lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8,
-                                        None, None)
-        if status != 0:
-            raise RuntimeError(f"espeak_Synth failed with status {status} for {text!r}")
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        phones = sorted(self._phones, key=lambda item: item[1])
-        return audio.astype(np.int16, copy=False), phones
+        """int16 audio at ``sample_rate`` and (phone mnemonic, start sample) pairs in order."""
+        try:
+            raw, phones = self._request("speak", text, voice, int(words_per_minute), int(pitch),
+                                        int(pitch_range))
+        except RuntimeError as error:
+            raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {error}") from None
+        return np.frombuffer(raw, dtype="<i2").astype(np.int16), [tuple(p) for p in phones]
+
+    def check_voice(self, voice: str) -> Optional[str]:
+        """None if espeak-ng can speak with ``voice``, else the problem in one line."""
+        try:
+            self._request("voice", voice)
+        except RuntimeError as error:
+            return str(error).split(": ", 1)[-1]
+        variant = voice.partition("+")[2]
+        if variant and variant_has_echo(self.data_path, variant):
+            logger.warning("espeak-ng variant %r adds echo/breath: stop closures cannot be "
+                           "detected and stay with the preceding phone", variant)
+        return None
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait()
+        self._process.stdout.close()
 
 
 def variant_has_echo(data_path: str, variant: str) -> bool:
@@ -161,29 +112,13 @@ def variant_has_echo(data_path: str, variant: str) -> bool:
         return False
 
 
-def check_voice(voice: str, data_path: str) -> Optional[str]:
-    """None if espeak-ng can speak with ``voice`` (tried in a forked child), else the problem."""
-
-    def select() -> None:
-        EspeakSynthesizer().set_voice(voice)
-
-    try:
-        run_in_fork(select)
-    except ChildFailed as error:
-        return str(error).split(": ", 1)[-1]
-    variant = voice.partition("+")[2]
-    if variant and variant_has_echo(data_path, variant):
-        logger.warning("espeak-ng variant %r adds echo/breath: stop closures cannot be detected "
-                       "and stay with the preceding phone", variant)
-    return None
+_SERVER: Optional[EspeakServer] = None
 
 
-_INSTANCE: Optional[EspeakSynthesizer] = None
-
-
-def synthesizer() -> EspeakSynthesizer:
-    """The process's espeak-ng instance, created on first use."""
-    global _INSTANCE
-    if _INSTANCE is None:
-        _INSTANCE = EspeakSynthesizer()
-    return _INSTANCE
+def server() -> EspeakServer:
+    """This process's espeak-ng helper, started on first use."""
+    global _SERVER
+    if _SERVER is None or _SERVER._process.poll() is not None:
+        _SERVER = EspeakServer()
+        atexit.register(_SERVER.close)
+    return _SERVER

@@ -20,14 +20,14 @@ import numpy as np
 import soundfile
 
 from . import espeak, flite
-from .errors import EngineUnavailable
 from .phones import PHONES, write_phone_list
-from .render import SAMPLE_RATE, Rendered, UtteranceSpec, render_isolated
+from .render import SAMPLE_RATE, Rendered, UtteranceSpec, render
 from .text import SentenceGenerator
 
 logger = logging.getLogger("ssl_mi_callback.corpus")
 
 FORMAT_VERSION = 1
+INCOMPLETE_MARKER = ".corpus-incomplete"  # present while a generation runs or after it failed
 DEFAULT_SPLITS = (("train", 0.8), ("valid", 0.05), ("heldout", 0.05), ("probe_train", 0.05),
                   ("probe_test", 0.05))
 # espeak-ng dialect+variant pairs. Only variants without echo/breath: their pauses are digital
@@ -147,9 +147,9 @@ def _estimated_seconds(text: str, speed: float) -> float:
 def plan_utterances(config: CorpusConfig) -> Iterator[UtteranceSpec]:
     """The deterministic, endless stream of utterance specs for ``config``.
 
-    Each utterance gets a sentence never used before (splits have disjoint text) and the split
-    furthest below its share of the (estimated) duration so far, so every prefix of the stream
-    keeps the requested proportions.
+    Each utterance gets a sentence never used before (splits have disjoint text). The first ones
+    go to each split in turn, then each goes to the split furthest below its share of the
+    (estimated) duration so far, so every prefix of the stream keeps the requested proportions.
     """
     root = np.random.SeedSequence(config.seed)
     text_seed, attribute_seed, noise_seed = (int(s.generate_state(1)[0]) for s in root.spawn(3))
@@ -162,8 +162,12 @@ def plan_utterances(config: CorpusConfig) -> Iterator[UtteranceSpec]:
     training_voices = tuple(v for v in all_voices if v not in heldout)
     index = 0
     for text in sentences:
-        total = sum(assigned.values())
-        split = max(fractions, key=lambda name: fractions[name] * (total + 1) - assigned[name])
+        empty = [name for name in fractions if assigned[name] == 0.0]
+        if empty:  # every split gets an utterance first
+            split = empty[0]
+        else:
+            total = sum(assigned.values())
+            split = max(fractions, key=lambda name: fractions[name] * total - assigned[name])
         voices = training_voices if split in ("train", "valid") else all_voices
         voice_id = voices[int(rng.integers(len(voices)))]
         engine, voice = voice_id.split(":", 1)
@@ -187,10 +191,11 @@ def check_engines(config: CorpusConfig) -> Dict[str, str]:
     """Engine versions; EngineUnavailable (naming the package to install) or ValueError if not."""
     versions = {}
     if "espeak" in config.engines:
-        engine = espeak.EspeakSynthesizer.probe()
-        versions["espeak"] = engine["version"]
+        espeak.load_library()  # names the package to install when missing
+        engine = espeak.server()
+        versions["espeak"] = engine.version
         for voice in config.espeak_voices:
-            problem = espeak.check_voice(voice, engine["data_path"])
+            problem = engine.check_voice(voice)
             if problem:
                 raise ValueError(problem)
     if "flite" in config.engines:
@@ -222,7 +227,7 @@ def _write_atomic_wav(path: Path, audio: np.ndarray) -> None:
 def _render_and_write(task: Tuple[UtteranceSpec, str]) -> dict:
     """Worker: render one utterance, write its wav and alignment, return its metadata."""
     spec, out_dir = task
-    rendered: Rendered = render_isolated(spec, _WORK_DIR)
+    rendered: Rendered = render(spec, _WORK_DIR)
     root = Path(out_dir)
     _write_atomic_wav(root / "wav" / f"{spec.uid}.wav", rendered.audio)
     lines = [f"{s.start}\t{s.end}\t{s.phone}\t{s.symbol}" for s in rendered.segments]
@@ -251,7 +256,11 @@ def _load_previous(out_dir: Path, settings: dict) -> Optional[dict]:
     if previous.get("format") != FORMAT_VERSION or previous.get("settings") != settings:
         return None
     for split in settings["splits"]:
-        if not (out_dir / f"{split}.tsv").is_file() or not (out_dir / f"{split}.phn").is_file():
+        manifest, labels = out_dir / f"{split}.tsv", out_dir / f"{split}.phn"
+        if not manifest.is_file() or not labels.is_file():
+            return None
+        rows = manifest.read_text(encoding="utf-8").splitlines()[1:]
+        if not all((out_dir / row.split("\t")[0]).is_file() for row in rows):
             return None
     return previous
 
@@ -266,6 +275,12 @@ def _rewrite_manifest_roots(out_dir: Path, splits: Sequence[str]) -> None:
 
 
 def _clear_generated(out_dir: Path, splits: Sequence[str]) -> None:
+    """Remove what a previous generation wrote (its own split names included)."""
+    try:
+        previous = json.loads((out_dir / "corpus.json").read_text(encoding="utf-8"))
+        splits = list(splits) + list(previous.get("splits", {}))
+    except (OSError, ValueError, AttributeError):
+        pass
     for name in ("wav", "align"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     for path in out_dir.glob("tmp-*"):
@@ -352,10 +367,15 @@ def generate_corpus(config: CorpusConfig, out_dir, *, jobs: Optional[int] = None
                           {s: splits[s]["utterances"] for s in split_names},
                           previous["total_seconds"], 0.0)
     if (out_dir / "corpus.json").exists() and not force:
-        raise FileExistsError(f"{out_dir} holds a corpus with other settings; choose another "
-                              "directory or pass --force to replace it")
+        raise FileExistsError(f"{out_dir} holds a corpus with other settings (or missing files); "
+                              "choose another directory or pass --force to replace it")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (
+            (out_dir / "corpus.json").exists() or (out_dir / INCOMPLETE_MARKER).exists()):
+        raise FileExistsError(f"{out_dir} is not empty and holds no corpus: choose a new or "
+                              "empty directory")
     versions = check_engines(config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / INCOMPLETE_MARKER).touch()
     _clear_generated(out_dir, split_names)
     (out_dir / "wav").mkdir()
     (out_dir / "align").mkdir()
@@ -368,6 +388,7 @@ def generate_corpus(config: CorpusConfig, out_dir, *, jobs: Optional[int] = None
     total = 0.0
     pool = None
     last_report = started
+    finished = False
     try:
         if jobs > 1:
             pool = multiprocessing.get_context("spawn").Pool(
@@ -392,9 +413,13 @@ def generate_corpus(config: CorpusConfig, out_dir, *, jobs: Optional[int] = None
                 last_report = time.monotonic()
                 logger.info("generated %.1f / %.1f min (%d utterances)", total / 60, target / 60,
                             len(results))
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            if finished:
+                pool.close()
+            else:  # an error or Ctrl-C: stop the workers now
+                pool.terminate()
             pool.join()
         for path in out_dir.glob("tmp-*"):
             shutil.rmtree(path, ignore_errors=True)
@@ -404,4 +429,5 @@ def generate_corpus(config: CorpusConfig, out_dir, *, jobs: Optional[int] = None
             if path.name[: -len(suffix)] not in kept or not path.name.endswith(suffix):
                 path.unlink()
     info = _write_outputs(out_dir, config, results, versions, time.monotonic() - started)
+    (out_dir / INCOMPLETE_MARKER).unlink()
     return info

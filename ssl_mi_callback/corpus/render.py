@@ -10,7 +10,6 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from . import espeak, flite
-from .isolation import ChildFailed, run_in_fork
 from .phones import PHONE_ID, SILENCE, frame_labels, to_shared
 
 SAMPLE_RATE = 16000
@@ -106,18 +105,22 @@ def attach_prepauses(audio: np.ndarray, sample_rate: int,
 
 
 def _espeak_segments(spec: UtteranceSpec) -> Tuple[np.ndarray, List[Segment]]:
-    engine = espeak.synthesizer()
+    engine = espeak.server()
+    sample_rate = engine.sample_rate
     pitch_parameter = int(round(min(99, max(0, 50 + 50 * math.log2(spec.pitch)))))
     audio, phones = engine.synthesize(spec.text, spec.voice,
                                       words_per_minute=int(round(175 * spec.speed)),
                                       pitch=pitch_parameter)
-    starts = attach_prepauses(audio, engine.sample_rate, phones)
-    audio16 = resample(audio, engine.sample_rate)
-    scale = SAMPLE_RATE / engine.sample_rate
+    starts = attach_prepauses(audio, sample_rate, phones)
+    audio16 = resample(audio, sample_rate)
+    scale = SAMPLE_RATE / sample_rate
     starts16 = [min(int(round(start * scale)), audio16.shape[0]) for start in starts]
     ends16 = starts16[1:] + [audio16.shape[0]]
     segments = [Segment(start, end, to_shared("espeak", name), name)
                 for (name, _), start, end in zip(phones, starts16, ends16) if end > start]
+    first = segments[0].start if segments else audio16.shape[0]
+    if first > 0:  # the audio before the first phone event
+        segments.insert(0, Segment(0, first, SILENCE, "_"))
     return audio16, segments
 
 
@@ -170,20 +173,3 @@ def render(spec: UtteranceSpec, work_dir: Optional[str] = None) -> Rendered:
     labels = frame_labels([s.start for s in segments], [PHONE_ID[s.phone] for s in segments],
                           audio16.shape[0])
     return Rendered(spec, audio16, segments, labels)
-
-
-def render_isolated(spec: UtteranceSpec, work_dir: Optional[str] = None) -> Rendered:
-    """``render`` in a forked child when the engine keeps state between utterances.
-
-    espeak-ng carries state from one utterance into the next (echo buffer, pitch phase), so the
-    same text renders differently depending on what came before. Each espeak utterance is
-    rendered in a child forked from a process that has initialised espeak but never spoken,
-    which makes every utterance independent of scheduling and of ``--jobs``.
-    """
-    if spec.engine != "espeak":
-        return render(spec, work_dir)
-    espeak.synthesizer()  # initialise in the parent once; children inherit a pristine state
-    try:
-        return run_in_fork(render, spec, work_dir)
-    except ChildFailed as error:
-        raise RuntimeError(f"espeak failed for {spec.uid} ({spec.voice}): {error}") from None

@@ -174,7 +174,7 @@ class FairseqMIHook:
         """
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.to_container(self.run_cfg, resolve=True)
+        cfg = OmegaConf.to_container(self.run_cfg, resolve=True, enum_to_str=True)
         cfg["task"] = {k: v for k, v in cfg["task"].items() if not k.startswith("mi_")}
         cfg["task"]["_name"] = self.task.mi_base_task_name
         task_state = {k: v for k, v in self.task.state_dict().items() if k != "ssl_mi"}

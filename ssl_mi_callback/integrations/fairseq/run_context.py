@@ -61,11 +61,8 @@ def validate_run_config(cfg: Any) -> None:
         )
     if dataset.disable_validation:
         raise MIConfigError("dataset.disable_validation=true: MI is computed at validation; set it to false")
-    if checkpoint.no_save or checkpoint.no_best_checkpoints:
-        raise MIConfigError(
-            "checkpoint.no_save / checkpoint.no_best_checkpoints is true: checkpoint_best.pt would never follow "
-            "the MI; set both to false"
-        )
+    if checkpoint.no_save:
+        raise MIConfigError("checkpoint.no_save=true: checkpoint_best.pt would never follow the MI; set it to false")
     validate_every, save_every = dataset.validate_interval_updates, checkpoint.save_interval_updates
     if validate_every > 0 and (save_every <= 0 or validate_every % save_every != 0):
         raise MIConfigError(

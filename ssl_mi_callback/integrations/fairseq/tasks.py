@@ -31,6 +31,8 @@ from fairseq.tasks import register_task  # noqa: E402
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask  # noqa: E402
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask  # noqa: E402
 
+from ...evaluator import METRIC_DECIMALS  # noqa: E402
+
 logger = logging.getLogger("ssl_mi_callback.fairseq")
 
 
@@ -101,7 +103,7 @@ class MISelectionTaskMixin:
         super().reduce_metrics(logging_outputs, criterion)
         if self._mi_in_validation and self.mi_hook is not None:
             for key, value in self.mi_hook.scalars().items():
-                metrics.log_scalar(key, value, weight=0, round=4)
+                metrics.log_scalar(key, value, weight=0, round=METRIC_DECIMALS)
 
     def state_dict(self):
         state = dict(super().state_dict())
