@@ -162,6 +162,28 @@ class Evaluator:
     def settings(self) -> dict:
         return {**asdict(self.config), "layers": list(self.config.layers), "adapter": self.adapter.name}
 
+    def masked_frame_count(self, model: torch.nn.Module) -> int:
+        """How many masked frames (Za/Zb pairs) one evaluation of ``model`` yields."""
+        mask_config = self.config.mask_config()
+        total = 0
+        for batch in self.batches:
+            num_frames = self.adapter.num_frames(model, batch.num_samples)
+            total += sum(int(span_mask(num_frames, mask_config, u.uid).sum()) for u in batch.utterances)
+        return total
+
+    def check_enough_data(self, model: torch.nn.Module) -> None:
+        """Raise ValueError (one line) if the subset cannot support the estimate for ``model``:
+        at least 4 utterances, and in the smaller of the fit/eval parts about 2 frames per cluster."""
+        utterances = len(self.subset.utterances)
+        frames = self.masked_frame_count(model)
+        smaller_part = frames * min(self.config.fit_fraction, 1.0 - self.config.fit_fraction)
+        if utterances < 4 or smaller_part < 2 * self.config.clusters:
+            raise ValueError(
+                f"the held-out subset is too small for the estimate: {utterances} utterances, {frames} masked "
+                f"frames (need >= 4 utterances and >= {int(2 * self.config.clusters / min(self.config.fit_fraction, 1 - self.config.fit_fraction))} "
+                f"masked frames for {self.config.clusters} clusters); give more held-out audio or fewer clusters"
+            )
+
     def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[tuple[int, dict, torch.Tensor]]:
         mask_config = self.config.mask_config()
         results = []

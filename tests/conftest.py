@@ -88,21 +88,15 @@ def two_views():
 
 @pytest.fixture(scope="session")
 def speech_corpus(tmp_path_factory):
-    """A 6-minute generated corpus (espeak-ng + flite) with a 25% held-out split, made once per session.
-
-    Returns the corpus directory: fairseq manifests train/valid/heldout/probe_*.tsv, .phn labels.
-    """
+    """A 6-minute generated corpus with a 25% held-out split (about 1.5 min), made once per session:
+    enough speech for tiny fairseq training runs and their MI evaluations."""
     require("espeak-ng", "flite")
-    import subprocess
-    import sys
+    from ssl_mi_callback.corpus import generate_corpus
 
-    out = tmp_path_factory.mktemp("speech") / "corpus"
-    subprocess.run(
-        [sys.executable, "-m", "ssl_mi_callback.corpus", "--out", str(out), "--minutes", "6", "--seed", "0",
-         "--splits", "train=0.6,valid=0.05,heldout=0.25,probe_train=0.05,probe_test=0.05"],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    return out
+    out_dir = tmp_path_factory.mktemp("speech_corpus")
+    splits = (("train", 0.6), ("valid", 0.05), ("heldout", 0.25), ("probe_train", 0.05), ("probe_test", 0.05))
+    generate_corpus(tiny_corpus_config(minutes=6, splits=splits, min_words=4, max_words=16), out_dir, jobs=2)
+    return out_dir
 
 
 # Settings of the session-wide tiny corpus (a few dozen short utterances, both engines).

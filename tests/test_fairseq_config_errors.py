@@ -43,3 +43,13 @@ def test_empty_heldout_subset_fails_early(corpus, tmp_path):
     assert run.returncode != 0
     assert any(line.startswith("ssl-mi-fairseq-hydra-train: error:") and "held-out" in line
                for line in run.output.splitlines()), run.output[-3000:]
+
+
+def test_too_small_heldout_subset_fails_early(corpus, tmp_path):
+    lines = (corpus / "heldout.tsv").read_text().splitlines()
+    small = tmp_path / "small.tsv"
+    small.write_text("\n".join(lines[:4]) + "\n")  # root + 3 utterances
+    run = train("tiny_wav2vec2", corpus, tmp_path / "checkpoints", [f"task.mi_heldout={small}"])
+    assert run.returncode != 0
+    errors = [line for line in run.output.splitlines() if line.startswith("ssl-mi-fairseq-hydra-train: error:")]
+    assert errors and "too small for the estimate" in errors[0], run.output[-3000:]

@@ -66,6 +66,14 @@ def _fairseq_shaped_plain(payload) -> dict:
 
 
 @pytest.mark.parametrize("payload_class", [_SystemPayload, _ExecPayload])
+def test_payloads_do_run_under_plain_pickle(tmp_path, payload_class):
+    """Control: the marker mechanism works, so a missing marker below means the payload was stopped."""
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(payload_class(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("payload_class", [_SystemPayload, _ExecPayload])
 @pytest.mark.parametrize("mmap", [False, True])
 def test_malicious_checkpoint_is_refused_and_payload_never_runs(safe_load, tmp_path, payload_class, mmap):
     import torch

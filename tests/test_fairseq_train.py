@@ -38,9 +38,18 @@ def _best_step(history):
 @pytest.fixture(scope="module")
 def wav2vec2_run(corpus, tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("w2v") / "checkpoints"
-    run = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=150"])
+    tensorboard = save_dir.parent / "tensorboard"
+    run = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=150", f"common.tensorboard_logdir={tensorboard}"])
     assert run.returncode == 0, run.output[-4000:]
     return run
+
+
+def test_mi_reaches_tensorboard(wav2vec2_run):
+    events = list((wav2vec2_run.save_dir.parent / "tensorboard" / "valid").glob("events.out.tfevents.*"))
+    assert events, "fairseq wrote no TensorBoard events for the valid subset"
+    content = b"".join(path.read_bytes() for path in events)
+    for tag in (b"mi_bits", b"h_c_bits_l2", b"mi_ci95_low_l2", b"rankme_l2"):
+        assert tag in content, tag
 
 
 def test_mi_is_in_every_validation_line(wav2vec2_run):
@@ -111,3 +120,31 @@ def test_resume_continues_history_and_best(corpus, tmp_path):
     state = _load(save_dir / "checkpoint_best.pt")
     assert state["optimizer_history"][-1]["num_updates"] == best_step
     assert state["task_state"]["ssl_mi"]["selector"]["best"]["step"] == best_step
+
+
+def test_hubert_selects_and_exports_by_mi(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    from fairseq_runs import ROOT
+
+    labels = tmp_path / "labels"
+    subprocess.run(
+        [sys.executable, str(ROOT / "recipes/fairseq/prepare_hubert_labels.py"), str(corpus), "--out", str(labels),
+         "--splits", "train", "valid", "--k", "20"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    save_dir = tmp_path / "checkpoints"
+    run = train("tiny_hubert", corpus, save_dir, ["optimization.max_update=100", f"task.label_dir={labels}"])
+    assert run.returncode == 0, run.output[-4000:]
+    lines, history = run.valid_lines(), run.history()
+    assert [r["step"] for r in history] == [50, 100] and len(lines) == 2
+    for line, record in zip(lines, history):
+        assert record["status"] == "ok"
+        assert math.isclose(metric_in_line(line, "mi_bits"), record["metrics"]["mi_bits"], abs_tol=1e-4)
+    best_score, best_step = _best_step(history)
+    assert _load(save_dir / "checkpoint_best.pt")["optimizer_history"][-1]["num_updates"] == best_step
+    exported = _load(save_dir / "checkpoint_mi_best.pt")
+    assert exported["cfg"]["task"]["_name"] == "hubert_pretraining"
+    assert exported["extra_state"]["ssl_mi"]["update"] == best_step
+    assert "dictionaries" in exported["task_state"]  # HuBERT's label dictionary travels with the weights

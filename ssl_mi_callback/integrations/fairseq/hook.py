@@ -109,6 +109,10 @@ class FairseqMIHook:
                 raise ValueError(f"task.mi_selection={selection} is not among the scored layers task.mi_layers={list(evaluator.config.layers)}")
         except ValueError as error:
             raise MIConfigError(f"task.mi_layers / model: {error}") from None
+        try:
+            evaluator.check_enough_data(model)
+        except ValueError as error:
+            raise MIConfigError(f"task.mi_heldout / mi_max_seconds / mi_clusters: {error}") from None
 
     # --- events -------------------------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module, update: int, epoch: int) -> dict:

@@ -1,0 +1,145 @@
+"""The evaluator and the framework-free callback on a real (tiny, randomly initialised) fairseq
+wav2vec 2.0 model and real generated speech."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require
+
+TINY_CONV = "[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2"
+
+
+def tiny_wav2vec2(seed: int = 0, layers: int = 2) -> torch.nn.Module:
+    require("fairseq")
+    import ssl_mi_callback.integrations.fairseq  # noqa: F401  (compat before fairseq)
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        conv_feature_layers=TINY_CONV, encoder_layers=layers, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+        encoder_attention_heads=2, final_dim=32, conv_pos=16, conv_pos_groups=4, quantize_targets=False,
+    )
+    torch.manual_seed(seed)
+    return Wav2Vec2Model(config)
+
+
+@pytest.fixture(scope="module")
+def subset(tiny_corpus):
+    from ssl_mi_callback.data import load_heldout
+
+    return load_heldout(tiny_corpus / "heldout.tsv")
+
+
+def make_evaluator(subset, **settings):
+    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
+    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
+
+    config = EvaluationConfig(**{"clusters": 8, "bootstrap": 50, "mask_length": 5, **settings})
+    return Evaluator(config, subset, FairseqMaskedPredictionAdapter())
+
+
+def test_record_is_complete_deterministic_and_leaves_the_model_as_it_was(subset, one_torch_thread):
+    model = tiny_wav2vec2().train()
+    evaluator = make_evaluator(subset, layers=(1, -1))
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected_next = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    first = evaluator.evaluate(model)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_next  # RNG state restored
+    assert model.training  # mode restored
+    second = evaluator.evaluate(model)
+    assert first["metrics"] == second["metrics"]
+    assert first["status"] == "ok" and set(first["layers"]) == {"1", "2"}
+    metrics = first["metrics"]
+    assert metrics["mi_bits"] == metrics["mi_bits_l2"]  # selection "last"
+    for key in ("h_c_bits_l1", "ce_bits_l2", "mi_ci95_low_l2", "mi_ci95_high_l2", "rankme_l2", "rankme_t_l1"):
+        assert np.isfinite(metrics[key]), key
+    assert first["subset"]["fingerprint"] == subset.fingerprint()
+    assert first["subset"]["frames"] == first["layers"]["2"]["n_frames_fit"] + first["layers"]["2"]["n_frames_eval"]
+    json.dumps(first)  # a record is JSON-serialisable as it is
+
+
+def test_selection_mean_and_fixed_layer(subset, one_torch_thread):
+    model = tiny_wav2vec2()
+    mean_record = make_evaluator(subset, layers=(1, 2), selection="mean").evaluate(model)
+    per_layer = [mean_record["layers"][k]["mi_bits"] for k in ("1", "2")]
+    assert mean_record["metrics"]["mi_bits"] == pytest.approx(sum(per_layer) / 2, abs=1e-4)
+    fixed = make_evaluator(subset, layers=(1, 2), selection="1").evaluate(model)
+    assert fixed["metrics"]["mi_bits"] == fixed["metrics"]["mi_bits_l1"]
+
+
+def test_masks_and_batches_do_not_depend_on_batch_size(subset, one_torch_thread):
+    model = tiny_wav2vec2()
+    small = make_evaluator(subset, batch_seconds=2.0).evaluate(model)
+    large = make_evaluator(subset, batch_seconds=120.0).evaluate(model)
+    assert small["subset"]["frames"] == large["subset"]["frames"]
+    assert small["metrics"]["mi_bits"] == pytest.approx(large["metrics"]["mi_bits"], abs=2e-3)
+
+
+def _distributed_worker(rank, world_size, port, heldout, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    from ssl_mi_callback.data import load_heldout
+    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
+    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
+
+    config = EvaluationConfig(clusters=8, bootstrap=50, mask_length=5, batch_seconds=4.0)
+    evaluator = Evaluator(config, load_heldout(heldout), FairseqMaskedPredictionAdapter(), rank=rank, world_size=world_size)
+    record = evaluator.evaluate(tiny_wav2vec2())
+    with open(f"{out}.{rank}", "w") as handle:
+        json.dump(record["metrics"], handle)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_give_the_one_process_value(tiny_corpus, subset, tmp_path):
+    """Real torch.distributed: rank r runs batches r, r+2, ...; both ranks must return the value of one process."""
+    require("fairseq")
+    out = tmp_path / "metrics"
+    port = 29700 + os.getpid() % 200
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(tiny_corpus / "heldout.tsv"), str(out)), nprocs=2)
+    rank0, rank1 = (json.loads((tmp_path / f"metrics.{r}").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = make_evaluator(subset, batch_seconds=4.0).evaluate(tiny_wav2vec2())
+    finally:
+        torch.set_num_threads(threads)
+    assert single["metrics"]["mi_bits"] == pytest.approx(rank0["mi_bits"], abs=1e-4)
+
+
+def test_failed_evaluation_is_recorded_and_never_best(subset, tmp_path, one_torch_thread):
+    from ssl_mi_callback.callback import MICallback
+    from ssl_mi_callback.selector import CheckpointSelector, SelectionConfig
+
+    history = tmp_path / "history.jsonl"
+    callback = MICallback(make_evaluator(subset), CheckpointSelector(SelectionConfig(), history_path=history))
+    good = callback.evaluate(tiny_wav2vec2(), step=10)
+    assert good["status"] == "ok" and good["is_best"]
+    not_a_speech_model = torch.nn.Linear(4, 4)
+    failed = callback.evaluate(not_a_speech_model, step=20)
+    assert failed["status"] == "failed" and not failed["is_best"]
+    assert "UnsupportedModelError" in failed["error"]
+    assert callback.selector.best["step"] == 10
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [(r["step"], r["status"]) for r in lines] == [(10, "ok"), (20, "failed")]
+    strict = MICallback(make_evaluator(subset), CheckpointSelector(SelectionConfig()), strict=True)
+    with pytest.raises(ValueError, match="not a fairseq masked-prediction model"):
+        strict.evaluate(not_a_speech_model, step=1)
+
+
+def test_on_step_evaluates_only_when_due(subset, one_torch_thread):
+    from ssl_mi_callback.callback import MICallback
+    from ssl_mi_callback.selector import CheckpointSelector, SelectionConfig
+
+    callback = MICallback(make_evaluator(subset), CheckpointSelector(SelectionConfig()), every_n_steps=3)
+    model = tiny_wav2vec2()
+    results = [callback.on_step(model, step) for step in range(1, 7)]
+    assert [r is not None for r in results] == [False, False, True, False, False, True]
+    assert [r["step"] for r in callback.selector.history()] == [3, 6]
