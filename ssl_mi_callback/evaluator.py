@@ -33,7 +33,7 @@ logger = logging.getLogger("ssl_mi_callback")
 class EvaluationConfig:
     """Settings of one evaluation; all of them are written into every record."""
 
-    layers: tuple[int, ...] = field(default=(-1,), metadata={"help": "transformer layers to score, 1-based; negative counts from the end (-1 = last)"})
+    layers: tuple[int, ...] = field(default=(-1,), metadata={"help": "transformer layers to score, 1-based; negative counts from the end (-1 = last, e.g. -1 or 4,8,12)"})
     selection: str = field(default="last", metadata={"help": "what becomes the selection metric mi_bits: 'last' (last scored layer), 'mean' (mean over scored layers) or a layer number"})
     clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
     probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
@@ -43,7 +43,7 @@ class EvaluationConfig:
     estimator_seed: int = field(default=0, metadata={"help": "seed of the utterance split, k-means init and probe"})
     fit_fraction: float = field(default=0.5, metadata={"help": "share of held-out utterances used to fit k-means and the probe; the rest measures the bound"})
     bootstrap: int = field(default=200, metadata={"help": "bootstrap resamples over utterances for the 95% interval"})
-    baselines: bool = field(default=True, metadata={"help": "also compute RankMe, RankMe-t and Davies-Bouldin"})
+    baselines: bool = field(default=True, metadata={"help": "also compute the label-free baselines RankMe and RankMe-t (k-means inertia is always reported)"})
     batch_seconds: float = field(default=64.0, metadata={"help": "audio seconds per forward batch (memory bound of the forward)"})
     length_quantum_seconds: float = field(default=0.5, metadata={"help": "crop utterances to a multiple of this many seconds so equal lengths batch without padding (0: no cropping, batch size 1 for unequal lengths)"})
 

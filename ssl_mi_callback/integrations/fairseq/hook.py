@@ -4,6 +4,7 @@ the checkpoint (``task_state["ssl_mi"]``) so a resumed run continues the same hi
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -44,13 +45,8 @@ def evaluation_config(task_cfg: Any) -> EvaluationConfig:
         layers = tuple(int(part) for part in str(task_cfg.mi_layers).replace(" ", "").split(",") if part)
     except ValueError:
         raise MIConfigError(f"task.mi_layers={task_cfg.mi_layers}: give comma-separated integers, e.g. -1 or 4,8,12") from None
-    config = EvaluationConfig(
-        layers=layers, selection=str(task_cfg.mi_selection), clusters=int(task_cfg.mi_clusters),
-        probe=str(task_cfg.mi_probe), mask_prob=float(task_cfg.mi_mask_prob), mask_length=int(task_cfg.mi_mask_length),
-        mask_seed=int(task_cfg.mi_mask_seed), estimator_seed=int(task_cfg.mi_estimator_seed),
-        bootstrap=int(task_cfg.mi_bootstrap), baselines=bool(task_cfg.mi_baselines),
-        batch_seconds=float(task_cfg.mi_batch_seconds),
-    )
+    values = {f.name: task_cfg[f"mi_{f.name}"] for f in dataclasses.fields(EvaluationConfig) if f.name != "layers"}
+    config = EvaluationConfig(layers=layers, **values)
     try:
         config.validate()
     except ValueError as error:

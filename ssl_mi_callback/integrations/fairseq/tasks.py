@@ -18,7 +18,8 @@ Any other task class gets the same in three lines::
 # no `from __future__ import annotations` here: omegaconf 2.0 needs real field types, not strings
 
 import logging
-from dataclasses import dataclass, field, make_dataclass
+import dataclasses
+from dataclasses import field, make_dataclass
 from typing import Any, Optional
 
 from . import compat
@@ -31,33 +32,37 @@ from fairseq.tasks import register_task  # noqa: E402
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask  # noqa: E402
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask  # noqa: E402
 
-from ...evaluator import METRIC_DECIMALS  # noqa: E402
+from ...evaluator import METRIC_DECIMALS, EvaluationConfig  # noqa: E402
 
 logger = logging.getLogger("ssl_mi_callback.fairseq")
 
 
-@dataclass
-class MISelectionFields(FairseqDataclass):
-    """The ``task.mi_*`` settings (help text shows in ``--help`` and the docs)."""
+_RUN_SETTINGS = [
+    ("mi_heldout", str, field(default="heldout", metadata={"help": "held-out UNLABELED subset scored at every validation: a split name in task.data (heldout -> DATA/heldout.tsv), a fairseq manifest path, or a folder of audio"})),
+    ("mi_max_seconds", float, field(default=300.0, metadata={"help": "cap on held-out audio (seconds, taken in manifest order); bounds time and memory"})),
+    ("mi_max_utterance_seconds", float, field(default=15.0, metadata={"help": "crop each held-out utterance to this many seconds"})),
+    ("mi_select_checkpoint", bool, field(default=True, metadata={"help": "require checkpoint.best_checkpoint_metric=mi_bits (false: only log the MI)"})),
+    ("mi_history", str, field(default="mi_history.jsonl", metadata={"help": "JSON-lines history of every evaluation (relative paths: inside checkpoint.save_dir)"})),
+    ("mi_export", str, field(default="checkpoint_mi_best.pt", metadata={"help": "where the best checkpoint by MI is exported, with a .json sidecar (relative: inside checkpoint.save_dir; empty: no export)"})),
+    ("mi_strict", bool, field(default=False, metadata={"help": "re-raise evaluation errors instead of logging them and continuing"})),
+]
 
-    mi_heldout: str = field(default="heldout", metadata={"help": "held-out UNLABELED subset scored at every validation: a split name in task.data (heldout -> DATA/heldout.tsv), a fairseq manifest path, or a folder of audio"})
-    mi_max_seconds: float = field(default=300.0, metadata={"help": "cap on held-out audio (seconds, taken in manifest order); bounds time and memory"})
-    mi_max_utterance_seconds: float = field(default=15.0, metadata={"help": "crop each held-out utterance to this many seconds"})
-    mi_layers: str = field(default="-1", metadata={"help": "comma-separated transformer layers to score, 1-based, negative from the end (e.g. '-1' or '4,8,12')"})
-    mi_selection: str = field(default="last", metadata={"help": "what mi_bits reports: 'last' scored layer, 'mean' over scored layers, or a layer number"})
-    mi_clusters: int = field(default=50, metadata={"help": "k-means clusters on the unmasked view"})
-    mi_probe: str = field(default="linear", metadata={"help": "probe q(c|Za): linear or mlp"})
-    mi_mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view (fixed masks)"})
-    mi_mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
-    mi_mask_seed: int = field(default=0, metadata={"help": "seed of the fixed masks"})
-    mi_estimator_seed: int = field(default=0, metadata={"help": "seed of the utterance split, k-means and probe"})
-    mi_bootstrap: int = field(default=200, metadata={"help": "bootstrap resamples over utterances for the 95% interval"})
-    mi_baselines: bool = field(default=True, metadata={"help": "also log RankMe and RankMe-t"})
-    mi_batch_seconds: float = field(default=64.0, metadata={"help": "audio seconds per evaluation forward batch"})
-    mi_select_checkpoint: bool = field(default=True, metadata={"help": "require checkpoint.best_checkpoint_metric=mi_bits (false: only log the MI)"})
-    mi_history: str = field(default="mi_history.jsonl", metadata={"help": "JSON-lines history of every evaluation (relative paths: inside checkpoint.save_dir)"})
-    mi_export: str = field(default="checkpoint_mi_best.pt", metadata={"help": "where the best checkpoint by MI is exported, with a .json sidecar (relative: inside checkpoint.save_dir; empty: no export)"})
-    mi_strict: bool = field(default=False, metadata={"help": "re-raise evaluation errors instead of logging them and continuing"})
+
+def _evaluation_settings() -> list:
+    """``mi_<name>`` for every :class:`EvaluationConfig` field, with its default and help text
+    (the evaluator's config is the one source of truth; layers become a comma-separated string)."""
+    settings = []
+    for evaluation_field in dataclasses.fields(EvaluationConfig):
+        default = evaluation_field.default
+        if evaluation_field.name == "layers":
+            default = ",".join(str(layer) for layer in default)
+        settings.append((f"mi_{evaluation_field.name}", type(default), field(default=default, metadata=dict(evaluation_field.metadata))))
+    return settings
+
+
+MISelectionFields = make_dataclass("MISelectionFields", _RUN_SETTINGS + _evaluation_settings(), bases=(FairseqDataclass,))
+MISelectionFields.__module__ = __name__
+MISelectionFields.__doc__ = "The ``task.mi_*`` settings: run settings plus every EvaluationConfig field."
 
 
 class MISelectionTaskMixin:
