@@ -1,4 +1,4 @@
-"""Held-out subsets: manifests, audio loading, resampling, cropping, batching and sharding.
+"""Held-out subsets: manifests, audio loading, resampling, cropping and batching.
 
 The evaluator loads the same held-out subset at every evaluation, so loading is deterministic
 (manifest order, or sorted paths for a folder) and never raises on a bad file: every unusable
@@ -7,8 +7,8 @@ entry becomes a counted skip with a one-line reason. Only a subset with no usabl
 
     subset = load_heldout("data/corpus/heldout.tsv", max_seconds=300)
     print(subset.describe())
-    for batch in iter_batches(subset.shard(rank, world_size), max_batch_samples=16000 * 60):
-        waveforms, padding_mask = collate(batch)
+    for batch in plan_batches(subset.utterances, batch_seconds=64)[rank::world_size]:
+        waveforms = batch.waveforms()          # [B, batch.num_samples], no padding
 """
 from __future__ import annotations
 
@@ -109,13 +109,6 @@ class HeldOutSubset:
             parts.append("capped at max_seconds")
         parts.append(f"fingerprint {self.fingerprint()}")
         return ", ".join(parts)
-
-    def shard(self, rank: int, world_size: int) -> List[Utterance]:
-        """This rank's utterances: round-robin by index (stable; a rank may get none)."""
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
-                             f"world_size={world_size}")
-        return [u for u in self.utterances if u.index % world_size == rank]
 
     def fingerprint(self) -> str:
         """Short hash of the uids and lengths: equal fingerprints mean the same subset."""
@@ -460,40 +453,45 @@ def load_heldout(source: Source, *, sample_rate: int = 16000, max_seconds: Optio
 
 # ------------------------------------------------------------------------------ batching
 
-def iter_batches(utterances: Iterable[Utterance], max_batch_samples: int, *,
-                 max_batch_size: Optional[int] = None) -> Iterator[List[Utterance]]:
-    """Deterministic batches of similar length: padded size (B x longest) <= max_batch_samples.
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Utterances of one forward pass, all cropped to the same ``num_samples`` (no padding)."""
 
-    Utterances are taken longest first (ties by index); an utterance longer than
-    ``max_batch_samples`` gets a batch of its own.
+    index: int
+    utterances: Tuple[Utterance, ...]
+    num_samples: int
+
+    def waveforms(self) -> "torch.Tensor":
+        """float32 [B, num_samples]."""
+        import torch
+
+        return torch.stack([torch.from_numpy(u.waveform[: self.num_samples]) for u in self.utterances])
+
+
+def plan_batches(utterances: Sequence[Utterance], *, batch_seconds: float, length_quantum_seconds: float = 0.5,
+                 sample_rate: int = 16000) -> List[Batch]:
+    """Deterministic batches of equal-length utterances, independent of how they are later sharded.
+
+    Each utterance is cropped (from the start) to a multiple of ``length_quantum_seconds`` (0: no
+    cropping), so equal lengths batch without padding: padding would change the features of models
+    whose first convolution normalises over time (wav2vec 2.0 / HuBERT base). Batches hold at most
+    ``batch_seconds`` of audio (at least one utterance), shortest lengths first. Ranks take
+    ``batches[rank::world_size]``, so every batch is computed identically at any world size.
     """
-    if max_batch_samples < 1:
-        raise ValueError(f"max_batch_samples must be >= 1, got {max_batch_samples}")
-    if max_batch_size is not None and max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
-    ordered = sorted(utterances, key=lambda u: (-u.num_samples, u.index))
-    batch: List[Utterance] = []
-    for utterance in ordered:
-        longest = batch[0].num_samples if batch else utterance.num_samples
-        full = max_batch_size is not None and len(batch) >= max_batch_size
-        if batch and (full or longest * (len(batch) + 1) > max_batch_samples):
-            yield batch
-            batch = []
-        batch.append(utterance)
-    if batch:
-        yield batch
-
-
-def collate(batch: Sequence[Utterance]) -> Tuple["torch.Tensor", "torch.Tensor"]:
-    """(waveforms [B, T] float32 zero-padded, padding_mask [B, T] bool, True = padding)."""
-    import torch
-
-    if not batch:
-        raise ValueError("cannot collate an empty batch")
-    longest = max(u.num_samples for u in batch)
-    waveforms = torch.zeros(len(batch), longest, dtype=torch.float32)
-    padding_mask = torch.ones(len(batch), longest, dtype=torch.bool)
-    for row, utterance in enumerate(batch):
-        waveforms[row, :utterance.num_samples] = torch.from_numpy(utterance.waveform)
-        padding_mask[row, :utterance.num_samples] = False
-    return waveforms, padding_mask
+    if batch_seconds <= 0 or length_quantum_seconds < 0:
+        raise ValueError("batch_seconds must be > 0 and length_quantum_seconds >= 0")
+    quantum = int(round(length_quantum_seconds * sample_rate))
+    by_length: Dict[int, List[Utterance]] = {}
+    for utterance in utterances:
+        length = utterance.num_samples
+        if quantum > 0 and length >= quantum:
+            length = (length // quantum) * quantum
+        by_length.setdefault(length, []).append(utterance)
+    budget = int(batch_seconds * sample_rate)
+    batches: List[Batch] = []
+    for length in sorted(by_length):
+        group = by_length[length]
+        per_batch = max(1, budget // max(length, 1))
+        for start in range(0, len(group), per_batch):
+            batches.append(Batch(len(batches), tuple(group[start:start + per_batch]), length))
+    return batches

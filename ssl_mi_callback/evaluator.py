@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import estimators
-from .data import HeldOutSubset, Utterance
+from .data import HeldOutSubset, plan_batches
 from .distributed import GatherFn, gather_objects
 from .features import FeatureAdapter, resolve_layers
 from .views import MaskConfig, span_mask
@@ -81,33 +81,6 @@ class EvaluationError(RuntimeError):
     """An evaluation failed on some rank (the message names the rank and the cause)."""
 
 
-@dataclass(frozen=True)
-class _Batch:
-    index: int
-    utterances: tuple[Utterance, ...]
-    num_samples: int  # every utterance is cropped to this length
-
-
-def plan_batches(utterances: Sequence[Utterance], config: EvaluationConfig) -> list[_Batch]:
-    """Global, deterministic batches of equal-length (cropped) utterances; independent of world size."""
-    quantum = int(round(config.length_quantum_seconds * SAMPLE_RATE))
-    by_length: dict[int, list[Utterance]] = {}
-    for utterance in utterances:
-        length = utterance.num_samples
-        if quantum > 0 and length >= quantum:
-            length = (length // quantum) * quantum
-        by_length.setdefault(length, []).append(utterance)
-    budget = int(config.batch_seconds * SAMPLE_RATE)
-    batches: list[_Batch] = []
-    for length in sorted(by_length):
-        group = by_length[length]
-        per_batch = max(1, budget // max(length, 1))
-        for start in range(0, len(group), per_batch):
-            chunk = tuple(group[start : start + per_batch])
-            batches.append(_Batch(len(batches), chunk, length))
-    return batches
-
-
 @contextlib.contextmanager
 def _evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
     """eval() + no_grad for the duration; training mode and every RNG state restored afterwards."""
@@ -157,7 +130,10 @@ class Evaluator:
         self.adapter = adapter
         self.rank, self.world_size = rank, world_size
         self.gather = gather
-        self.batches = plan_batches(subset.utterances, config)
+        self.batches = plan_batches(
+            subset.utterances, batch_seconds=config.batch_seconds,
+            length_quantum_seconds=config.length_quantum_seconds, sample_rate=SAMPLE_RATE,
+        )
 
     def settings(self) -> dict:
         return {**asdict(self.config), "layers": list(self.config.layers), "adapter": self.adapter.name}
@@ -188,7 +164,7 @@ class Evaluator:
         mask_config = self.config.mask_config()
         results = []
         for batch in self.batches[self.rank :: self.world_size]:
-            waveforms = torch.stack([torch.from_numpy(u.waveform[: batch.num_samples]) for u in batch.utterances])
+            waveforms = batch.waveforms()
             num_frames = self.adapter.num_frames(model, batch.num_samples)
             masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
             masked = self.adapter.extract(model, waveforms, masks, layers)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import _available
 from ssl_mi_callback import data
-from ssl_mi_callback.data import (HeldOutDataError, Utterance, collate, iter_batches,
+from ssl_mi_callback.data import (HeldOutDataError, Utterance, plan_batches,
                                   load_heldout, parse_manifest)
 
 RATE = 16000
@@ -260,44 +260,23 @@ def _utterances(lengths):
             for i, n in enumerate(lengths)]
 
 
-def test_shard_is_round_robin_and_complete():
-    subset = data.HeldOutSubset("s", RATE, _utterances([100] * 7))
-    shards = [subset.shard(rank, 3) for rank in range(3)]
-    assert [[u.index for u in shard] for shard in shards] == [[0, 3, 6], [1, 4], [2, 5]]
-    assert subset.shard(9, 10) == []
-    with pytest.raises(ValueError):
-        subset.shard(3, 3)
-    with pytest.raises(ValueError):
-        subset.shard(0, 0)
-
-
-def test_iter_batches_limits_padding_and_is_deterministic():
-    lengths = [500, 1200, 300, 1200, 800, 5000, 50, 900]
+def test_plan_batches_crops_to_equal_lengths_without_padding():
+    lengths = [8000, 12000, 15999, 16000, 4000, 40000, 3000]  # 16 kHz; quantum 0.5 s = 8000 samples
     utterances = _utterances(lengths)
-    batches = list(iter_batches(utterances, max_batch_samples=2500))
-    assert batches == list(iter_batches(list(reversed(utterances)), max_batch_samples=2500))
-    seen = sorted(u.index for batch in batches for u in batch)
-    assert seen == list(range(len(lengths)))
+    batches = plan_batches(utterances, batch_seconds=2.0, length_quantum_seconds=0.5, sample_rate=RATE)
+    layout = [(b.num_samples, [u.index for u in b.utterances]) for b in batches]
+    again = plan_batches(list(reversed(utterances)), batch_seconds=2.0, length_quantum_seconds=0.5, sample_rate=RATE)
+    assert sorted(layout) == sorted((b.num_samples, sorted(u.index for u in b.utterances)) for b in again)
+    assert sorted(u.index for b in batches for u in b.utterances) == list(range(len(lengths)))
     for batch in batches:
-        longest = max(u.num_samples for u in batch)
-        assert longest * len(batch) <= 2500 or len(batch) == 1
-    assert [u.num_samples for u in batches[0]] == [5000]  # too long: alone
-    assert [[u.index for u in b] for b in iter_batches(utterances, 10 ** 6, max_batch_size=3)] == \
-        [[5, 1, 3], [7, 4, 0], [2, 6]]
+        assert all(u.num_samples >= batch.num_samples for u in batch.utterances)
+        assert batch.num_samples % 8000 == 0 or batch.num_samples < 8000  # shorter than one quantum: kept whole
+        assert batch.num_samples * len(batch.utterances) <= 32000 or len(batch.utterances) == 1
+        assert batch.waveforms().shape == (len(batch.utterances), batch.num_samples)
+    assert [b.index for b in batches] == list(range(len(batches)))
+    assert {b.num_samples for b in batches} == {3000, 4000, 8000, 16000, 40000}
     with pytest.raises(ValueError):
-        list(iter_batches(utterances, 0))
-
-
-def test_collate_pads_and_masks():
-    batch = _utterances([3, 5])
-    waveforms, padding_mask = collate(batch)
-    assert waveforms.dtype == torch.float32 and waveforms.shape == (2, 5)
-    assert padding_mask.dtype == torch.bool
-    assert padding_mask.tolist() == [[False] * 3 + [True] * 2, [False] * 5]
-    assert torch.equal(waveforms[0, 3:], torch.zeros(2))
-    assert torch.allclose(waveforms[1], torch.full((5,), 0.2))
-    with pytest.raises(ValueError):
-        collate([])
+        plan_batches(utterances, batch_seconds=0)
 
 
 # ------------------------------------------------------------------------------ fuzzing
