@@ -147,17 +147,25 @@ class Evaluator:
             total += sum(int(span_mask(num_frames, mask_config, u.uid).sum()) for u in batch.utterances)
         return total
 
-    def check_enough_data(self, model: torch.nn.Module) -> None:
-        """Raise ValueError (one line) if the subset cannot support the estimate for ``model``:
-        at least 4 utterances, and in the smaller of the fit/eval parts about 2 frames per cluster."""
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise ValueError (one line) before training if an evaluation of ``model`` could not work:
+        a model the adapter does not fit, a requested or selected layer it lacks, or a held-out subset
+        too small for the estimate (at least 4 utterances and about 2 masked frames per cluster in the
+        smaller of the fit/eval parts)."""
+        self.adapter.check(model)
+        num_layers = self.adapter.num_layers(model)
+        layers = resolve_layers(self.config.layers, num_layers)
+        selection = self.config.selection
+        if selection not in ("last", "mean") and resolve_layers([int(selection)], num_layers)[0] not in layers:
+            raise ValueError(f"selection layer {selection} is not among the scored layers {list(self.config.layers)}")
         utterances = len(self.subset.utterances)
         frames = self.masked_frame_count(model)
-        smaller_part = frames * min(self.config.fit_fraction, 1.0 - self.config.fit_fraction)
-        if utterances < 4 or smaller_part < 2 * self.config.clusters:
+        smaller_share = min(self.config.fit_fraction, 1.0 - self.config.fit_fraction)
+        if utterances < 4 or frames * smaller_share < 2 * self.config.clusters:
             raise ValueError(
                 f"the held-out subset is too small for the estimate: {utterances} utterances, {frames} masked "
-                f"frames (need >= 4 utterances and >= {int(2 * self.config.clusters / min(self.config.fit_fraction, 1 - self.config.fit_fraction))} "
-                f"masked frames for {self.config.clusters} clusters); give more held-out audio or fewer clusters"
+                f"frames (need >= 4 utterances and >= {int(2 * self.config.clusters / smaller_share)} masked frames "
+                f"for {self.config.clusters} clusters); give more held-out audio or fewer clusters"
             )
 
     def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[tuple[int, dict, torch.Tensor]]:

@@ -18,7 +18,6 @@ from ...callback import MICallback
 from ...data import load_heldout
 from ...distributed import rank_and_world_size
 from ...evaluator import EvaluationConfig, Evaluator
-from ...features import resolve_layers
 from ...features.fairseq import FairseqMaskedPredictionAdapter
 from ...selector import CheckpointSelector, SelectionConfig, export_atomically
 from .run_context import METRIC, MIConfigError
@@ -94,21 +93,11 @@ class FairseqMIHook:
         self._restore(_resume_path(run_cfg.checkpoint))
 
     def check_model(self, model: torch.nn.Module) -> None:
-        """Fail at start-up if the model does not fit the adapter or lacks a requested layer."""
-        evaluator = self.callback.evaluator
+        """Fail at start-up if the model does not fit the adapter, lacks a layer, or the subset is too small."""
         try:
-            evaluator.adapter.check(model)
-            num_layers = evaluator.adapter.num_layers(model)
-            layers = resolve_layers(evaluator.config.layers, num_layers)
-            selection = evaluator.config.selection
-            if selection not in ("last", "mean") and resolve_layers([int(selection)], num_layers)[0] not in layers:
-                raise ValueError(f"task.mi_selection={selection} is not among the scored layers task.mi_layers={list(evaluator.config.layers)}")
+            self.callback.evaluator.check_model(model)
         except ValueError as error:
-            raise MIConfigError(f"task.mi_layers / model: {error}") from None
-        try:
-            evaluator.check_enough_data(model)
-        except ValueError as error:
-            raise MIConfigError(f"task.mi_heldout / mi_max_seconds / mi_clusters: {error}") from None
+            raise MIConfigError(f"task.mi_*: {error}") from None
 
     # --- events -------------------------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module, update: int, epoch: int) -> dict:
