@@ -97,13 +97,15 @@ def _summary(fields: dict) -> str:
     if fields["estimator"] == "unsupervised":
         lines = [
             f"I(Za; c(Zb)) >= {fields['mi_bits']:.4f} bits{ci}",
-            f"  H(c) = {fields['h_c_bits']:.4f} bits, CE = {fields['ce_bits']:.4f} bits, normalised {normalized}",
+            f"  reference -log2 qbar(c) = {fields['h_c_bits']:.4f} bits (plug-in H(c) {fields['h_c_plugin_bits']:.4f}), "
+            f"CE = {fields['ce_bits']:.4f} bits, normalised {normalized}",
             f"  clusters {fields['clusters']}, k-means inertia (eval) {fields['kmeans_inertia_eval']:.6g}",
         ]
     else:
         lines = [
             f"I(Z; Y) >= {fields['mi_bits']:.4f} bits{ci}",
-            f"  H(Y) = {fields['h_y_bits']:.4f} bits, CE = {fields['ce_bits']:.4f} bits, normalised {normalized}",
+            f"  reference -log2 qbar(y) = {fields['h_y_bits']:.4f} bits (plug-in H(Y) {fields['h_y_plugin_bits']:.4f}), "
+            f"CE = {fields['ce_bits']:.4f} bits, normalised {normalized}",
             f"  accuracy {fields['accuracy']:.4f} over {fields['n_classes']} classes",
         ]
     lines.append(

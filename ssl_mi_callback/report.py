@@ -35,7 +35,8 @@ def _number(value, digits: int = 4) -> str:
 
 
 def format_table(records: Sequence[dict], metric: str = METRIC) -> str:
-    """One row per evaluation: step, MI (selection), its interval, H(c), CE, RankMe, per-layer MI."""
+    """One row per evaluation: step, MI (selection), its interval, the plug-in H(c) of the clusters,
+    the probe's CE, RankMe and the MI of every scored layer."""
     best = best_record(records, metric)
     layer_ids = sorted({layer for record in records for layer in record.get("layers", {})}, key=int)
     header = ["step", "epoch", metric, "ci95", "H(c)", "CE", "RankMe"] + [f"mi L{layer}" for layer in layer_ids] + [""]
@@ -52,7 +53,8 @@ def format_table(records: Sequence[dict], metric: str = METRIC) -> str:
         rows.append([
             str(record.get("step")), str(record.get("epoch")), _number(metrics.get(metric)),
             f"[{_number(interval[0])}, {_number(interval[1])}]" if interval else "-",
-            _number(result.get("h_c_bits")), _number(result.get("ce_bits")), _number(result.get("rankme"), 1),
+            _number(result.get("h_c_plugin_bits", result.get("h_c_bits"))), _number(result.get("ce_bits")),
+            _number(result.get("rankme"), 1),
             *[_number(metrics.get(f"mi_bits_l{layer_id}")) for layer_id in layer_ids],
             "<- best" if record is best else "",
         ])

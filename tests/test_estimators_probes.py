@@ -111,3 +111,39 @@ def test_probe_input_errors():
         LinearProbe().fit(x, y, np.zeros_like(groups))
     with pytest.raises(EstimatorInputError, match="probe must be one of"):
         make_probe("svm")
+
+
+def test_cross_validation_chooses_a_strong_l2_when_frames_are_few():
+    """64 dims, 50 classes, weak signal, ~1000 frames (the demo's regime): a fixed weak L2 overfits far
+    above the marginal's cross-entropy; the cross-validated strength does not, and beats it."""
+    x, y, groups = noisy_classes(seed=6, n_utterances=40, frames=40, n_classes=50, dims=64, noise=4.0)
+    fit, held_out = groups < 25, groups >= 25
+    auto = LinearProbe(n_classes=50, seed=0).fit(x[fit], y[fit], groups[fit])
+    weak = LinearProbe(n_classes=50, seed=0, weight_decay=1e-4).fit(x[fit], y[fit], groups[fit])
+    marginal = float(entropy_bits(torch.bincount(torch.from_numpy(y[held_out]), minlength=50)))
+    auto_ce = cross_entropy_bits(auto, x[held_out], y[held_out])
+    assert auto.weight_decay_ >= 1e-2 and weak.weight_decay_ == 1e-4
+    assert auto_ce < cross_entropy_bits(weak, x[held_out], y[held_out]) - 0.5
+    assert auto_ce < marginal + 0.1
+    assert len(auto.cv_bits_) >= 2 and min(auto.cv_bits_) == auto.cv_bits_[
+        [math.inf, *auto.weight_decays].index(auto.weight_decay_)]
+
+
+def test_linear_probe_keeps_the_exact_marginal_for_constant_input():
+    rng = np.random.default_rng(7)
+    y = rng.choice(4, size=1200, p=[0.5, 0.3, 0.15, 0.05])
+    groups = np.repeat(np.arange(30), 40)
+    probe = LinearProbe(seed=0).fit(np.full((1200, 6), 2.0, np.float32), y, groups)
+    assert probe.weight_decay_ == math.inf
+    assert torch.count_nonzero(probe.model_.weight) == 0
+    expected = np.log((np.bincount(y, minlength=4) + 0.5) / (1200 + 0.5 * 4))
+    assert np.allclose(probe.predict_log_proba(np.zeros((1, 6), np.float32)).numpy()[0], expected, atol=1e-5)
+
+
+def test_linear_probe_weight_decay_settings():
+    x, y, groups = noisy_classes(seed=8)
+    assert LinearProbe(weight_decay=0.01).fit(x, y, groups).weight_decay_ == 0.01
+    with pytest.raises(EstimatorInputError, match="weight_decay must be 'auto'"):
+        LinearProbe(weight_decay="strong").fit(x, y, groups)
+    with pytest.raises(EstimatorInputError, match="strongest first"):
+        LinearProbe(weight_decays=(1e-3, 1e-1)).fit(x, y, groups)

@@ -5,7 +5,7 @@ and label-free baselines. Inputs may be numpy arrays or torch tensors; computati
 input's device. Bad input raises :class:`EstimatorInputError` (a ``ValueError``) with one line.
 """
 from .baselines import davies_bouldin, kmeans_inertia, rankme, rankme_utterance
-from .bootstrap import basic_interval, bound_interval
+from .bootstrap import EvalStatistics, basic_interval, bound_interval
 from .bounds import MIResult, SupervisedMIResult, UnsupervisedMIResult, supervised_mi, unsupervised_mi
 from .information import entropy_bits
 from .kmeans import OnlineKMeans, kmeans_plusplus
@@ -16,6 +16,7 @@ from .validation import EstimatorInputError
 
 __all__ = [
     "EstimatorInputError",
+    "EvalStatistics",
     "LinearProbe",
     "MIResult",
     "MLPProbe",

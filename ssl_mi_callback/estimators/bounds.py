@@ -1,23 +1,30 @@
 """Variational lower bounds on mutual information, in bits.
 
-Unsupervised (two views of the same frames):
-    I(Za; Zb) >= I(Za; c(Zb)) >= H(c) - CE,   CE = mean_eval -log2 q(c | za),
-with c the k-means cluster of zb and q a probe. Supervised (frame labels Y):
-    I(Z; Y) >= H(Y) - CE,   CE = mean_eval -log2 q(y | z).
-K-means and the probe learn on the fit part of the utterances; H and CE are measured on the disjoint
-eval part (split by utterance, never by frame). Entropies are plug-in estimates on the eval part.
+Unsupervised (two views of the same frames), with c the k-means cluster of zb and q(c | za) a probe:
+    I(Za; Zb) >= I(Za; c(Zb)) >= E[log2 q(c | za)] - E[log2 qbar(c)],   qbar(c) = E_za[q(c | za)].
+Supervised (frame labels Y): I(Z; Y) >= E[log2 q(y | z)] - E[log2 qbar(y)].
+
+The second inequality holds for every q: the gap to I(Za; c) is E_za KL(p(c|za) || q(c|za)) -
+KL(p(c) || qbar(c)) >= 0 by joint convexity of KL. It is never below the Barber-Agakov bound
+H(c) - CE (which pays KL(p(c) || qbar(c)) on top), and it is exactly 0 when q ignores za, so an
+uninformative view reads 0 instead of minus the cost of estimating the class frequencies.
+
+K-means and the probe learn on the fit part of the utterances; the bound is measured on the disjoint
+eval part (split by utterance, never by frame): -mean log2 qbar(target) - CE, with qbar the mean of
+q over the eval frames (it needs no labels), plus a delete-one-utterance jackknife bias correction.
+See :mod:`.bootstrap` for the statistics and the interval.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .bootstrap import bound_interval
-from .information import LN2, entropy_bits
+from .bootstrap import EvalStatistics, bound_interval
 from .kmeans import OnlineKMeans
 from .probes import PROBES, make_probe
 from .reduce import ReduceFn
@@ -43,11 +50,13 @@ Device = Optional[Union[str, torch.device]]
 class MIResult:
     """Fields common to both bounds (all in bits where the name says so).
 
-    mi_bits: the bound H - CE on the eval part; ce_bits: mean -log2 q(target | features) there;
-    mi_normalized: mi_bits / H (None when H = 0); ci95_bits: 95% basic bootstrap interval of
-    mi_bits over eval utterances (None when bootstrap = 0); n_frames_* / n_utterances_*: sizes of the
-    fit and eval parts; probe, seed, fit_fraction, bootstrap: the settings; dropped_nonfinite: frames
-    removed because a feature was NaN or inf.
+    mi_bits: the bound on the eval part (jackknife-corrected; = reference term - ce_bits);
+    ce_bits: mean -log2 q(target | features) there; mi_normalized: mi_bits / reference term (None
+    when it is 0); ci95_bits: 95% basic bootstrap interval of mi_bits over eval utterances (None
+    when bootstrap = 0; it contains mi_bits, see :mod:`.bootstrap`); bias_correction_bits: what the jackknife added; n_frames_* /
+    n_utterances_*: sizes of the fit and eval parts; probe, seed, fit_fraction, bootstrap: the
+    settings; probe_weight_decay: the probe's L2 strength (linear: chosen by cross-validation, None =
+    it kept the marginal); dropped_nonfinite: frames removed because a feature was NaN or inf.
     """
 
     estimator: ClassVar[str]
@@ -63,6 +72,8 @@ class MIResult:
     seed: int
     fit_fraction: float
     bootstrap: int
+    bias_correction_bits: float
+    probe_weight_decay: Optional[float]
     dropped_nonfinite: int
 
     def to_dict(self) -> Dict[str, Any]:
@@ -75,50 +86,61 @@ class MIResult:
 
 @dataclass(frozen=True)
 class UnsupervisedMIResult(MIResult):
-    """I(Za; c(Zb)) bound. h_c_bits: H(c) on eval; clusters: K; kmeans_inertia_eval: mean squared
-    distance of eval zb frames to their centre."""
+    """I(Za; c(Zb)) bound. h_c_bits: the reference term -mean log2 qbar(c) on eval, jackknife-corrected
+    (so mi_bits = h_c_bits - ce_bits; it is >= H(c) up to sampling noise, equal when the probe's mean
+    prediction matches the cluster frequencies); h_c_plugin_bits: plug-in H(c) on eval; clusters: K;
+    kmeans_inertia_eval: mean squared distance of eval zb frames to their centre."""
 
     estimator: ClassVar[str] = "unsupervised"
     h_c_bits: float
+    h_c_plugin_bits: float
     clusters: int
     kmeans_inertia_eval: float
 
 
 @dataclass(frozen=True)
 class SupervisedMIResult(MIResult):
-    """I(Z; Y) bound. h_y_bits: H(Y) on eval; accuracy: probe accuracy on eval; n_classes: label ids
-    0..n_classes-1."""
+    """I(Z; Y) bound. h_y_bits: the reference term -mean log2 qbar(y) on eval, jackknife-corrected
+    (mi_bits = h_y_bits - ce_bits); h_y_plugin_bits: plug-in H(Y) on eval; accuracy: probe accuracy on
+    eval; n_classes: label ids 0..n_classes-1."""
 
     estimator: ClassVar[str] = "supervised"
     h_y_bits: float
+    h_y_plugin_bits: float
     accuracy: float
     n_classes: int
 
 
 @dataclass(frozen=True)
 class _EvalBound:
-    entropy: float
-    cross_entropy: float
+    mi: float  # jackknife-corrected bound, bits
+    cross_entropy: float  # mean -log2 q(target | x) on eval
+    plugin_entropy: float  # plug-in H(target) on eval
+    bias_correction: float  # added to the raw bound by the jackknife
     interval: Optional[Tuple[float, float]]
 
 
-def _bound_on_eval(
-    log_q_nats: Tensor, targets: Tensor, groups: Tensor, n_classes: int, bootstrap: int, seed: int
-) -> _EvalBound:
-    """H(target) and CE on the eval frames, and the bootstrap interval of H - CE over utterances."""
-    cross_entropy_bits = (-log_q_nats.double() / LN2).cpu()
-    targets, groups = targets.cpu(), groups.cpu()
-    counts = torch.bincount(targets, minlength=n_classes)
+def _bound_on_eval(log_proba_nats: Tensor, targets: Tensor, groups: Tensor, bootstrap: int, seed: int) -> _EvalBound:
+    """The bound -mean log2 qbar(target) - CE on the eval frames with its jackknife bias correction over
+    utterances, and the basic bootstrap interval over utterances."""
+    statistics = EvalStatistics.from_frames(log_proba_nats, targets, groups)
+    correction = -statistics.jackknife_bias()
     interval = None
     if bootstrap > 0:
-        _, utterance = torch.unique(groups, return_inverse=True)
-        n_utterances = int(utterance.max()) + 1
-        class_counts = torch.bincount(utterance * n_classes + targets, minlength=n_utterances * n_classes)
-        cross_entropy_sums = torch.zeros(n_utterances, dtype=torch.float64).index_add_(0, utterance, cross_entropy_bits)
-        interval = bound_interval(
-            class_counts.view(n_utterances, n_classes), cross_entropy_sums, bootstrap, make_generator(seed, "bootstrap")
-        )
-    return _EvalBound(float(entropy_bits(counts)), float(cross_entropy_bits.mean()), interval)
+        interval = bound_interval(statistics, bootstrap, make_generator(seed, "bootstrap"))
+    return _EvalBound(
+        mi=float(statistics.bound()) + correction,
+        cross_entropy=statistics.cross_entropy(),
+        plugin_entropy=statistics.plugin_entropy(),
+        bias_correction=correction,
+        interval=interval,
+    )
+
+
+def _probe_weight_decay(q: Any) -> Optional[float]:
+    """The probe's L2 strength (None: the linear probe kept the marginal, W = 0)."""
+    value = float(getattr(q, "weight_decay_", q.weight_decay))
+    return None if math.isinf(value) else value
 
 
 def _common_settings(probe: str, fit_fraction: float, bootstrap: int) -> Tuple[str, float, int]:
@@ -151,7 +173,8 @@ def unsupervised_mi(
     reduce_fn: Optional[ReduceFn] = None,
     device: Device = None,
 ) -> UnsupervisedMIResult:
-    """Lower bound on I(Za; Zb) in bits: H(c) - CE with c = k-means cluster of zb, q(c | za) a probe.
+    """Lower bound on I(Za; Zb) in bits: -mean log2 qbar(c) - CE with c = k-means cluster of zb, q(c | za)
+    a probe and qbar its mean prediction on the eval frames (module docstring).
 
     ``za`` (N, Da) and ``zb`` (N, Db) are paired frames (dims may differ), ``groups`` (N,) the utterance
     of each frame. Frames with a NaN/inf in za or zb are dropped and counted. ``reduce_fn`` sums the
@@ -177,13 +200,12 @@ def unsupervised_mi(
     codes = kmeans.predict(zb)
     q = make_probe(probe, clusters, seed=seed).fit(za[fit], codes[fit], groups[fit])
     eval_codes = codes[held_out]
-    log_q = q.predict_log_proba(za[held_out]).gather(1, eval_codes[:, None])[:, 0]
-    bound = _bound_on_eval(log_q, eval_codes, groups[held_out], clusters, bootstrap, seed)
-    mi = bound.entropy - bound.cross_entropy
+    bound = _bound_on_eval(q.predict_log_proba(za[held_out]), eval_codes, groups[held_out], bootstrap, seed)
+    reference = bound.mi + bound.cross_entropy
     return UnsupervisedMIResult(
-        mi_bits=mi,
+        mi_bits=bound.mi,
         ce_bits=bound.cross_entropy,
-        mi_normalized=mi / bound.entropy if bound.entropy > 0 else None,
+        mi_normalized=bound.mi / reference if reference > 0 else None,
         ci95_bits=bound.interval,
         n_frames_fit=n_fit,
         n_frames_eval=n_eval,
@@ -193,8 +215,11 @@ def unsupervised_mi(
         seed=seed,
         fit_fraction=fit_fraction,
         bootstrap=bootstrap,
+        bias_correction_bits=bound.bias_correction,
+        probe_weight_decay=_probe_weight_decay(q),
         dropped_nonfinite=dropped,
-        h_c_bits=bound.entropy,
+        h_c_bits=reference,
+        h_c_plugin_bits=bound.plugin_entropy,
         clusters=clusters,
         kmeans_inertia_eval=kmeans.inertia(zb[held_out]),
     )
@@ -212,7 +237,8 @@ def supervised_mi(
     n_classes: Optional[int] = None,
     device: Device = None,
 ) -> SupervisedMIResult:
-    """Lower bound on I(Z; Y) in bits: H(Y) - CE with q(y | z) a probe, plus the probe's accuracy.
+    """Lower bound on I(Z; Y) in bits: -mean log2 qbar(y) - CE with q(y | z) a probe and qbar its mean
+    prediction on the eval frames, plus the probe's accuracy.
 
     ``labels`` (N,) are non-negative class ids (``n_classes`` defaults to max + 1); ``groups`` (N,) the
     utterance of each frame. Frames with a NaN/inf feature are dropped and counted.
@@ -234,13 +260,12 @@ def supervised_mi(
     q = make_probe(probe, n_classes, seed=seed).fit(z[fit], labels[fit], groups[fit])
     eval_labels = labels[held_out]
     log_proba = q.predict_log_proba(z[held_out])
-    log_q = log_proba.gather(1, eval_labels[:, None])[:, 0]
-    bound = _bound_on_eval(log_q, eval_labels, groups[held_out], n_classes, bootstrap, seed)
-    mi = bound.entropy - bound.cross_entropy
+    bound = _bound_on_eval(log_proba, eval_labels, groups[held_out], bootstrap, seed)
+    reference = bound.mi + bound.cross_entropy
     return SupervisedMIResult(
-        mi_bits=mi,
+        mi_bits=bound.mi,
         ce_bits=bound.cross_entropy,
-        mi_normalized=mi / bound.entropy if bound.entropy > 0 else None,
+        mi_normalized=bound.mi / reference if reference > 0 else None,
         ci95_bits=bound.interval,
         n_frames_fit=int(fit.sum()),
         n_frames_eval=int(held_out.sum()),
@@ -250,8 +275,11 @@ def supervised_mi(
         seed=seed,
         fit_fraction=fit_fraction,
         bootstrap=bootstrap,
+        bias_correction_bits=bound.bias_correction,
+        probe_weight_decay=_probe_weight_decay(q),
         dropped_nonfinite=dropped,
-        h_y_bits=bound.entropy,
+        h_y_bits=reference,
+        h_y_plugin_bits=bound.plugin_entropy,
         accuracy=float((log_proba.argmax(dim=1) == eval_labels).double().mean()),
         n_classes=n_classes,
     )

@@ -1,14 +1,18 @@
-"""Probes q(y | x): classifiers whose cross-entropy upper-bounds H(Y | X), giving I(X; Y) >= H(Y) - CE.
+"""Probes q(y | x): classifiers fitted on the fit part; the bounds measure them on the eval part.
 
-Both probes standardise inputs with statistics of their training part, hold out whole groups
-(utterances) for early stopping, and start from the (smoothed) marginal of the training labels —
-zero weights and bias log p(y) — so an uninformative input keeps CE close to H(Y) instead of paying
-for an over-regularised fit. All randomness comes from ``seed``; no global RNG is used.
+Both probes standardise inputs with statistics of their training frames and can always fall back to
+the (add-1/2 smoothed) marginal of the training labels (zero weights, bias log p(y)), so an
+uninformative input keeps q(y | x) = p(y) instead of paying for an over-regularised or over-fitted
+fit. The linear probe (default) chooses its L2 strength by cross-validation over whole groups
+(utterances) on a regularisation path that starts at the marginal, then refits on all frames; the
+MLP holds out whole groups for early stopping from the marginal. All randomness comes from ``seed``;
+no global RNG is used.
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional, Tuple, Union
+import math
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -73,15 +77,7 @@ class _Probe:
         Keeps the parameters with the lowest validation cross-entropy, including the initial marginal.
         """
         device = resolve_device(x, y, groups, device=self.device)
-        x = as_features(x, "x", device)
-        y = as_ids(y, "y", device, nonnegative=True)
-        groups = as_ids(groups, "groups", device)
-        check_same_length(x=x, y=y, groups=groups)
-        if not bool(torch.isfinite(x).all()):
-            raise EstimatorInputError("x contains NaN or inf; drop those frames first")
-        n_classes = int(y.max()) + 1 if self.n_classes is None else check_int(self.n_classes, "n_classes", 1)
-        if int(y.max()) >= n_classes:
-            raise EstimatorInputError(f"y has class id {int(y.max())} but n_classes={n_classes}")
+        x, y, groups, n_classes = self._check_inputs(x, y, groups, device)
         check_int(self.max_steps, "max_steps", 1)
         check_int(self.patience, "patience", 1)
 
@@ -133,6 +129,20 @@ class _Probe:
         return self.predict_log_proba(x).argmax(dim=1)
 
     # internals ---------------------------------------------------------------------------------
+    def _check_inputs(
+        self, x: ArrayLike, y: ArrayLike, groups: ArrayLike, device: torch.device
+    ) -> Tuple[Tensor, Tensor, Tensor, int]:
+        x = as_features(x, "x", device)
+        y = as_ids(y, "y", device, nonnegative=True)
+        groups = as_ids(groups, "groups", device)
+        check_same_length(x=x, y=y, groups=groups)
+        if not bool(torch.isfinite(x).all()):
+            raise EstimatorInputError("x contains NaN or inf; drop those frames first")
+        n_classes = int(y.max()) + 1 if self.n_classes is None else check_int(self.n_classes, "n_classes", 1)
+        if int(y.max()) >= n_classes:
+            raise EstimatorInputError(f"y has class id {int(y.max())} but n_classes={n_classes}")
+        return x, y, groups, n_classes
+
     @staticmethod
     def _standardisation(x: Tensor) -> Tuple[Tensor, Tensor]:
         """Per-dimension mean and scale (float64); constant dimensions (std <= 1e-6 |mean|) get scale 1."""
@@ -160,11 +170,27 @@ class _Probe:
         return 0.5 * self.weight_decay * sum((p**2).sum() for name, p in model.named_parameters() if "weight" in name)
 
 
+WEIGHT_DECAY_GRID = tuple(10.0 ** (exponent / 2) for exponent in range(1, -9, -1))  # 3.16 ... 1e-4
+"""L2 strengths the linear probe chooses from (half-decades), strongest first."""
+
+
 class LinearProbe(_Probe):
     """Multinomial logistic regression q(y|x) = softmax(W x + b), L2 on W, full-batch L-BFGS.
 
-    Minimises CE + (weight_decay / 2) ||W||^2. One step = ``lbfgs_iter`` L-BFGS iterations
-    (strong-Wolfe line search); early stopping after ``patience`` steps without validation gain.
+    Minimises ``[sum_i CE_i - alpha sum_k log softmax(b)_k] / (n + alpha K) + (wd / 2) ||W||^2``: the
+    ``alpha`` (= ``prior_pseudo_count``, default 1/2) pseudo-frames per class at the mean input make the
+    fitted bias the add-1/2 smoothed class frequencies when W = 0, so an unseen class never gets
+    probability 0.
+
+    ``weight_decay="auto"`` (default) chooses wd by ``folds``-fold cross-validation over whole groups
+    (utterances): a regularisation path from the marginal (W = 0, wd = inf) through
+    ``weight_decays`` (strongest first), each fit warm-started from the previous one and run to
+    convergence (``lbfgs_iter`` L-BFGS iterations at most, gradient tolerance ``tolerance``); the path
+    stops after ``patience`` grid points without a lower summed held-out cross-entropy. The probe is
+    then refitted on all frames with the chosen wd (``weight_decay_`` afterwards; ``inf`` means the
+    marginal won, i.e. the input was not worth a single weight). A number fixes wd instead (no
+    cross-validation). ``max_steps`` and ``validation_fraction`` are accepted for compatibility and
+    unused.
     """
 
     def __init__(
@@ -172,47 +198,153 @@ class LinearProbe(_Probe):
         n_classes: Optional[int] = None,
         *,
         seed: int = 0,
-        weight_decay: float = 1e-4,
+        weight_decay: Union[str, float] = "auto",
+        weight_decays: Sequence[float] = WEIGHT_DECAY_GRID,
+        folds: int = 3,
         max_steps: int = 20,
-        lbfgs_iter: int = 10,
+        lbfgs_iter: int = 200,
+        tolerance: float = 1e-5,
         patience: int = 2,
+        prior_pseudo_count: float = 0.5,
         validation_fraction: float = 0.15,
         device: Device = None,
     ) -> None:
         super().__init__(
             n_classes,
             seed=seed,
-            weight_decay=weight_decay,
+            weight_decay=weight_decay,  # type: ignore[arg-type]
             max_steps=max_steps,
             patience=patience,
             validation_fraction=validation_fraction,
             device=device,
         )
+        self.weight_decays = weight_decays
+        self.folds = folds
         self.lbfgs_iter = lbfgs_iter
+        self.tolerance = tolerance
+        self.prior_pseudo_count = prior_pseudo_count
 
-    def _build(self, n_features: int, log_prior: Tensor, generator: torch.Generator) -> nn.Module:
-        model = nn.utils.skip_init(nn.Linear, n_features, len(log_prior))
+    def fit(self, x: ArrayLike, y: ArrayLike, groups: ArrayLike) -> "LinearProbe":
+        """Train on ``x`` -> ``y``; ``groups`` (utterances) define the cross-validation folds.
+
+        Sets ``weight_decay_`` (chosen L2 strength, ``inf`` = the marginal), ``cv_bits_`` (mean held-out
+        cross-entropy in bits at each grid point tried, the marginal first) and ``n_iter_`` (L-BFGS
+        iterations of the final fit).
+        """
+        device = resolve_device(x, y, groups, device=self.device)
+        x, y, groups, n_classes = self._check_inputs(x, y, groups, device)
+        check_int(self.lbfgs_iter, "lbfgs_iter", 1)
+        check_int(self.patience, "patience", 1)
+        if not self.prior_pseudo_count > 0:
+            raise EstimatorInputError(f"prior_pseudo_count must be > 0, got {self.prior_pseudo_count}")
+        self.n_classes_ = n_classes
+        self.mean_, self.scale_ = self._standardisation(x)
+        x = self._standardise(x)
+        if isinstance(self.weight_decay, str):
+            if self.weight_decay != "auto":
+                raise EstimatorInputError(f"weight_decay must be 'auto' or a number >= 0, got {self.weight_decay!r}")
+            grid = [float(value) for value in self.weight_decays]
+            if not grid or any(not value > 0 for value in grid) or grid != sorted(grid, reverse=True):
+                raise EstimatorInputError("weight_decays must be positive numbers, strongest first")
+            self.cv_bits_, best = self._cross_validate(x, y, groups, n_classes, grid)
+            path = grid[:best]  # best = 0: the marginal
+        else:
+            if not float(self.weight_decay) >= 0:
+                raise EstimatorInputError(f"weight_decay must be 'auto' or a number >= 0, got {self.weight_decay!r}")
+            self.cv_bits_, path = [], [float(self.weight_decay)]
+        weight, bias = self._marginal(y, n_classes, x.shape[1])
+        n_iter = 0
+        for strength in path:  # warm-started path to the chosen strength, as in cross-validation
+            weight, bias, n_iter = self._solve(x, y, n_classes, strength, weight, bias)
+        self.weight_decay_ = path[-1] if path else math.inf
+        self.n_iter_ = n_iter
+        model = nn.utils.skip_init(nn.Linear, x.shape[1], n_classes)
         with torch.no_grad():
-            model.weight.zero_()
-            model.bias.copy_(log_prior)
-        return model
+            model.weight.copy_(weight)
+            model.bias.copy_(bias)
+        self.model_ = model.to(device).eval()
+        return self
 
-    def _make_step(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Callable[[], None]:
+    # internals ---------------------------------------------------------------------------------
+    def _marginal(self, y: Tensor, n_classes: int, n_features: int) -> Tuple[Tensor, Tensor]:
+        counts = torch.bincount(y, minlength=n_classes).double()
+        alpha = float(self.prior_pseudo_count)
+        bias = torch.log((counts + alpha) / (counts.sum() + alpha * n_classes)).float()
+        return torch.zeros(n_classes, n_features, device=y.device), bias
+
+    def _solve(
+        self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor
+    ) -> Tuple[Tensor, Tensor, int]:
+        """Minimise the penalised objective at one L2 strength from (weight, bias); returns the solution."""
+        weight = weight.clone().requires_grad_(True)
+        bias = bias.clone().requires_grad_(True)
+        alpha = float(self.prior_pseudo_count)
+        normaliser = x.shape[0] + alpha * n_classes
         optimizer = torch.optim.LBFGS(
-            model.parameters(),
+            [weight, bias],
             lr=1.0,
-            max_iter=check_int(self.lbfgs_iter, "lbfgs_iter", 1),
-            history_size=10,
+            max_iter=self.lbfgs_iter,
+            tolerance_grad=float(self.tolerance),
+            tolerance_change=1e-12,
+            history_size=20,
             line_search_fn="strong_wolfe",
         )
 
         def closure() -> Tensor:
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y) + self._l2(model)
+            data = F.cross_entropy(F.linear(x, weight, bias), y, reduction="sum")
+            pseudo = -alpha * F.log_softmax(bias, dim=0).sum()
+            loss = (data + pseudo) / normaliser + 0.5 * strength * (weight**2).sum()
             loss.backward()
             return loss
 
-        return lambda: optimizer.step(closure)
+        optimizer.step(closure)
+        n_iter = int(optimizer.state[weight].get("n_iter", 0))
+        return weight.detach(), bias.detach(), n_iter
+
+    def _cross_validate(
+        self, x: Tensor, y: Tensor, groups: Tensor, n_classes: int, grid: List[float]
+    ) -> Tuple[List[float], int]:
+        """Held-out cross-entropy (bits per frame, over all folds) along the path; index of the best
+        (0 = the marginal, i = grid[i - 1])."""
+        held_out = _group_folds(groups, check_int(self.folds, "folds", 2), make_generator(self.seed, "probe-folds"))
+        states = [self._marginal(y[~part], n_classes, x.shape[1]) for part in held_out]
+
+        def score() -> float:
+            total = 0.0
+            for part, (weight, bias) in zip(held_out, states):
+                with torch.no_grad():
+                    total += float(F.cross_entropy(F.linear(x[part], weight, bias), y[part], reduction="sum"))
+            return total / x.shape[0] / math.log(2.0)
+
+        curve = [score()]
+        best, waited = 0, 0
+        for index, strength in enumerate(grid, start=1):
+            states = [
+                self._solve(x[~part], y[~part], n_classes, strength, weight, bias)[:2]
+                for part, (weight, bias) in zip(held_out, states)
+            ]
+            curve.append(score())
+            if curve[-1] < curve[best] - 1e-6:
+                best, waited = index, 0
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        return curve, best
+
+
+def _group_folds(groups: Tensor, folds: int, generator: torch.Generator) -> List[Tensor]:
+    """Frame masks of ``min(folds, n_groups)`` held-out parts made of whole groups (seeded order)."""
+    unique = torch.unique(groups)
+    if unique.shape[0] < 2:
+        raise EstimatorInputError(
+            f"all frames belong to a single utterance (group {int(unique[0])}); cross-validation is by "
+            "utterance and needs at least 2 utterances"
+        )
+    order = unique[torch.randperm(unique.shape[0], generator=generator).to(unique.device)]
+    n_folds = min(folds, int(unique.shape[0]))
+    return [torch.isin(groups, order[fold::n_folds]) for fold in range(n_folds)]
 
 
 class MLPProbe(_Probe):
