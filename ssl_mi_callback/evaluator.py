@@ -102,6 +102,21 @@ def _evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_states)
 
 
+def _check_finite(layer: int, utterances: Sequence, masked: torch.Tensor, unmasked: torch.Tensor) -> None:
+    """Raise one line naming the utterances whose layer features hold NaN/inf ([B, F, D] views)."""
+    finite = torch.isfinite(masked).flatten(1).all(dim=1) & torch.isfinite(unmasked).flatten(1).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = [u.uid for u, ok in zip(utterances, finite.tolist()) if not ok]
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    cause = ("the model's output is not finite (diverged training?)" if len(bad) == len(utterances)
+             else "check that audio (the model gives finite features for the rest of the batch)")
+    raise ValueError(
+        f"non-finite features (NaN/inf) at layer {layer} for {len(bad)} of {len(utterances)} utterances in a "
+        f"batch ({shown}): {cause}"
+    )
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -175,11 +190,11 @@ class Evaluator:
             waveforms = batch.waveforms()
             num_frames = self.adapter.num_frames(model, batch.num_samples)
             masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
-            masked = self.adapter.extract(model, waveforms, masks, layers)
-            unmasked = self.adapter.extract(model, waveforms, None, layers)
+            masked, unmasked = self.adapter.extract_views(model, waveforms, masks, layers)
             device_masks = masks.to(_model_device(model))
             per_layer = {}
             for layer in layers:
+                _check_finite(layer, batch.utterances, masked[layer], unmasked[layer])
                 za = masked[layer][device_masks].float()
                 zb = unmasked[layer][device_masks].float()
                 if self.world_size > 1:
@@ -239,7 +254,7 @@ class Evaluator:
                 result["rankme_t"] = float(estimators.rankme_utterance(zb, layer_groups))
                 baseline_seconds += time.perf_counter() - baseline_started
             per_layer[layer] = result
-            for key in ("mi_bits", "h_c_bits", "ce_bits", "mi_normalized", "kmeans_inertia_eval", "rankme", "rankme_t"):
+            for key in ("mi_bits", "h_c_bits", "h_c_plugin_bits", "ce_bits", "mi_normalized", "kmeans_inertia_eval", "rankme", "rankme_t"):
                 if isinstance(result.get(key), (int, float)):
                     metrics[f"{key}_l{layer}"] = float(result[key])
             if result.get("ci95_bits") is not None:

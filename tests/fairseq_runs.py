@@ -71,7 +71,7 @@ def train(
 
 
 def metric_in_line(line: str, name: str) -> float:
-    match = re.search(rf"\| {re.escape(name)} (-?[0-9.e+-]+|-?inf)\b", line)
+    match = re.search(rf"\| {re.escape(name)} (-?inf|-?[0-9.e+-]+)\b", line)
     if match is None:
         raise AssertionError(f"{name} missing from validation line: {line}")
     return float(match.group(1))

@@ -94,6 +94,7 @@ def _distributed_worker(rank, world_size, port, heldout, out):
     record = evaluator.evaluate(tiny_wav2vec2())
     with open(f"{out}.{rank}", "w") as handle:
         json.dump(record["metrics"], handle)
+    torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
     torch.distributed.destroy_process_group()
 
 
@@ -143,3 +144,24 @@ def test_on_step_evaluates_only_when_due(subset, one_torch_thread):
     results = [callback.on_step(model, step) for step in range(1, 7)]
     assert [r is not None for r in results] == [False, False, True, False, False, True]
     assert [r["step"] for r in callback.selector.history()] == [3, 6]
+
+
+def test_fairseq_adapter_matches_the_models_own_forward(subset):
+    """Our two views equal wav2vec 2.0's own forward: unmasked = extract_features(mask=False), masked =
+    forward(mask=True, mask_indices=M) (with mask_prob > 0, where fairseq honours given indices)."""
+    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
+
+    model = tiny_wav2vec2().eval()
+    adapter = FairseqMaskedPredictionAdapter()
+    waveform = torch.from_numpy(subset.utterances[0].waveform)[None]
+    frames = adapter.num_frames(model, waveform.shape[1])
+    mask = torch.zeros(1, frames, dtype=torch.bool)
+    mask[0, 5:15] = True
+    with torch.no_grad():
+        masked, unmasked = adapter.extract_views(model, waveform, mask, [1, 2])
+        reference = model.extract_features(waveform, None, mask=False)
+        reference_masked = model(waveform, None, mask=True, features_only=True, mask_indices=mask)
+    assert unmasked[2].shape == (1, frames, 64)
+    assert torch.equal(unmasked[2], reference["x"])
+    assert torch.equal(unmasked[1], reference["layer_results"][0][0].transpose(0, 1))
+    assert torch.equal(masked[2], reference_masked["x"])

@@ -108,9 +108,10 @@ def extract(model: torch.nn.Module, corpus: Path, split: str, max_seconds: float
             out["za"].append(za.numpy())
             out["zb"].append(zb.numpy())
             out["groups"].append(groups.numpy())
-            waveforms = torch.stack([torch.from_numpy(u.waveform[: batch.num_samples]) for u in batch.utterances])
+            waveforms = batch.waveforms()
             num_frames = adapter.num_frames(model, batch.num_samples)
-            unmasked = adapter.extract(model, waveforms, None, [layer])[layer]
+            no_mask = torch.zeros(len(batch.utterances), num_frames, dtype=torch.bool)
+            unmasked = adapter.extract_views(model, waveforms, no_mask, [layer])[1][layer]
             for row, utterance in enumerate(batch.utterances):
                 frame_labels = labels[uid_row[utterance.uid]]
                 frame_labels = np.concatenate([frame_labels, np.full(max(0, num_frames - len(frame_labels)),

@@ -6,7 +6,7 @@ waveform yields); it holds no estimator math.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -30,17 +30,18 @@ class FeatureAdapter(Protocol):
     def num_frames(self, model: torch.nn.Module, num_samples: int) -> int:
         """Frames the model yields for an unpadded waveform of ``num_samples`` samples."""
 
-    def extract(
+    def extract_views(
         self,
         model: torch.nn.Module,
         waveforms: torch.Tensor,
-        frame_mask: Optional[torch.Tensor],
+        frame_mask: torch.Tensor,
         layers: Sequence[int],
-    ) -> dict[int, torch.Tensor]:
-        """Features ``{layer: [B, F, D]}`` for equal-length ``waveforms`` [B, S] (no padding).
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """(masked, unmasked) features ``{layer: [B, F, D]}`` for equal-length ``waveforms`` [B, S].
 
-        ``frame_mask`` [B, F] (True = masked) replaces those frames by the model's mask embedding
-        before the context network; ``None`` gives the unmasked view.
+        The masked view replaces the frames where ``frame_mask`` [B, F] is True by the model's mask
+        embedding before the context network; the unmasked view sees every frame. Work the two views
+        share (e.g. the convolutional feature encoder) is done once.
         """
 
 

@@ -10,7 +10,7 @@ import fairseq: it only touches the model object it is given.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -53,23 +53,26 @@ class FairseqMaskedPredictionAdapter:
                 frames = (frames - module.kernel_size[0]) // module.stride[0] + 1
         return max(frames, 0)
 
-    def extract(
+    def extract_views(
         self,
         model: torch.nn.Module,
         waveforms: torch.Tensor,
-        frame_mask: Optional[torch.Tensor],
+        frame_mask: torch.Tensor,
         layers: Sequence[int],
-    ) -> dict[int, torch.Tensor]:
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         model = _unwrap(model)
         parameter = next(model.parameters())
         source = waveforms.to(device=parameter.device, dtype=parameter.dtype)  # fp16/bf16 weights
-        features = model.feature_extractor(source).transpose(1, 2)
+        features = model.feature_extractor(source).transpose(1, 2)  # once for both views
         features = model.layer_norm(features)
         if getattr(model, "post_extract_proj", None) is not None:
             features = model.post_extract_proj(features)
-        if frame_mask is not None:
-            frame_mask = frame_mask.to(features.device)
-            features = torch.where(frame_mask.unsqueeze(-1), model.mask_emb.to(features.dtype), features)
+        mask = frame_mask.to(features.device).unsqueeze(-1)
+        masked = torch.where(mask, model.mask_emb.to(features.dtype), features)
+        return self._encode(model, masked, layers), self._encode(model, features, layers)
+
+    @staticmethod
+    def _encode(model: torch.nn.Module, features: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         _, layer_results = model.encoder(features, padding_mask=None, layer=max(layers) - 1)
         # layer_results[i][0]: output of transformer block i+1, time-major [F, B, D]
         return {layer: layer_results[layer - 1][0].transpose(0, 1) for layer in layers}

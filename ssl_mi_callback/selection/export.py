@@ -61,6 +61,14 @@ def _remove_leftover_temps(dest: Path) -> None:
             logger.info("removed %s, left by an interrupted write of %s", candidate, dest.name)
 
 
+def remove_leftover_temps(dest: PathLike) -> None:
+    """Delete the temp files that a writer killed mid-export left for ``dest`` and its sidecar."""
+    dest = Path(dest)
+    for path in {dest, sidecar_path(dest)}:
+        if path.parent.is_dir():
+            _remove_leftover_temps(path)
+
+
 def write_atomically(dest: PathLike, write_fn: WriteFn) -> Path:
     """Replace ``dest`` by what ``write_fn(binary_file)`` writes, with the temp + fsync + rename protocol.
 
@@ -179,8 +187,9 @@ def read_sidecar(dest_path: PathLike, verify: bool = False) -> Dict[str, Any]:
         fields = json.loads(side.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"no sidecar {side}: {dest.name} was not written by export_atomically") from None
-    except json.JSONDecodeError as error:
-        raise SidecarMismatchError(f"sidecar {side} is not valid JSON ({error}); re-export {dest.name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise SidecarMismatchError(f"sidecar {side} is not valid JSON ({reason}); re-export {dest.name}") from None
     if not isinstance(fields, dict) or fields.get("file") != dest.name:
         raise SidecarMismatchError(f"sidecar {side} does not describe {dest.name}; re-export it")
     hint = "an export was interrupted between the file and its sidecar; re-export it"

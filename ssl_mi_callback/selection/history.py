@@ -110,7 +110,7 @@ class HistoryFile:
     def _parse(self, line: bytes, number: int) -> Record:
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: absurd nesting
             raise HistoryCorruptError(
                 f"{self.path} line {number} is not valid JSON ({error}); it is not a torn last line, so fix "
                 "or delete that line by hand, or move the file aside to start a new history"

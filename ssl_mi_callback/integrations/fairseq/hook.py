@@ -19,7 +19,8 @@ from ...data import load_heldout
 from ...distributed import rank_and_world_size
 from ...evaluator import EvaluationConfig, Evaluator
 from ...features.fairseq import FairseqMaskedPredictionAdapter
-from ...selector import CheckpointSelector, SelectionConfig, export_atomically
+from ...selection.export import remove_leftover_temps
+from ...selector import CheckpointSelector, SelectionConfig, export_atomically, read_sidecar, sidecar_path
 from .run_context import METRIC, MIConfigError
 
 logger = logging.getLogger("ssl_mi_callback.fairseq")
@@ -65,6 +66,25 @@ def _resume_path(checkpoint_cfg: Any) -> Path:
     if restore == "checkpoint_last.pt":
         return Path(checkpoint_cfg.save_dir) / f"checkpoint_last{checkpoint_cfg.checkpoint_suffix}.pt"
     return Path(restore)
+
+
+def _load_resume_checkpoint(path: Path) -> dict:
+    """The checkpoint being resumed (weights-only loader); an unsafe or unreadable one stops the run
+    with one line (fairseq could not resume from an unreadable one either)."""
+    from .safe_load import UnsafeCheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path, mmap=True)
+    except UnsafeCheckpointError as error:  # one line and exit status 2 from the launcher, payload never run
+        raise MIConfigError(" ".join(str(error).split())) from None
+    except Exception as error:
+        others = sorted(path.parent.glob("checkpoint_*_*.pt"), key=lambda p: p.stat().st_mtime)
+        hint = f" (newest interval checkpoint: {others[-1].name})" if others else ""
+        raise MIConfigError(
+            f"cannot resume from {path}: it is unreadable ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            f"it may have been cut short by a kill while fairseq copied it. Resume from another checkpoint with "
+            f"checkpoint.restore_file=<path>{hint}, or move it aside to start afresh"
+        ) from None
 
 
 class FairseqMIHook:
@@ -116,7 +136,10 @@ class FairseqMIHook:
         record = self.callback.last_record
         if record is None or record.get("status") != "ok":
             return {METRIC: -math.inf}
-        return dict(record["metrics"])
+        metrics = dict(record["metrics"])
+        if not math.isfinite(metrics.get(METRIC, math.nan)):  # NaN would poison fairseq's max() of best
+            metrics[METRIC] = -math.inf
+        return metrics
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -127,32 +150,107 @@ class FairseqMIHook:
 
     def _restore(self, resume_path: Path) -> None:
         if not resume_path.is_file() or self.run_cfg.checkpoint.reset_meters:
-            self._archive_stale_history()
+            self._archive_stale_files()
             return
-        from .safe_load import load_checkpoint
-
-        state = load_checkpoint(resume_path, mmap=True)
+        state = _load_resume_checkpoint(resume_path)
         own = (state.get("task_state") or {}).get("ssl_mi")
         if own is None:
             logger.info("MI hook: %s holds no MI state; starting a fresh history", resume_path)
-            self._archive_stale_history()
+            self._archive_stale_files()
         else:
             self.load_state_dict(own)
+            self._sync_export(resume_path, state)
             best = self.callback.selector.best
             logger.info(
                 "MI hook resumed from %s: best %s", resume_path,
                 "none yet" if best is None else f"{best['metrics'][METRIC]:.4f} bits at update {best['step']}",
             )
 
-    def _archive_stale_history(self) -> None:
-        """A fresh run keeps an older run's history file, renamed aside, instead of appending to it."""
-        path = self.history_path
-        if self.rank != 0 or path is None or not path.exists() or path.stat().st_size == 0:
+    def _archive_stale_files(self) -> None:
+        """A fresh run keeps an older run's history and exported best, renamed aside, instead of
+        appending to the one and overwriting the other at its first evaluation."""
+        if self.rank != 0:
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = path.with_name(f"{path.name}.{stamp}.old")
-        os.replace(path, aside)
-        logger.warning("MI hook: fresh run; the earlier history %s was moved to %s", path, aside)
+        paths = [self.history_path]
+        if self.export_path is not None:
+            paths += [self.export_path, sidecar_path(self.export_path)]
+            remove_leftover_temps(self.export_path)
+        for path in paths:
+            if path is None or not path.exists() or path.stat().st_size == 0:
+                continue
+            aside = path.with_name(f"{path.name}.{stamp}.old")
+            os.replace(path, aside)
+            logger.warning("MI hook: fresh run; the earlier %s was moved to %s", path.name, aside)
+
+    def _sync_export(self, resume_path: Path, resume_state: dict) -> None:
+        """After a resume, make the exported best the resumed best-so-far.
+
+        A kill after an export but before fairseq saved the checkpoint of that update leaves an export
+        (or, between its two renames, a file beside the previous sidecar) from training that the
+        resumed run repeats; the history records of that stretch are dropped, and so is the export:
+        the resumed best is re-exported from the fairseq checkpoint that holds its weights.
+        """
+        if self.rank != 0 or self.export_path is None:
+            return
+        export = self.export_path
+        remove_leftover_temps(export)
+        best = self.callback.selector.best
+        try:
+            sidecar: Optional[dict] = read_sidecar(export, verify=True) if export.exists() else None
+            problem = "" if sidecar is not None else "missing"
+        except (OSError, ValueError) as error:  # no sidecar, or one that does not describe the file
+            sidecar, problem = None, " ".join(str(error).split())
+        if best is None:
+            if export.exists():
+                logger.warning("MI hook: %s was written after %s, which holds no scored evaluation; it is "
+                               "replaced at the first one", export, resume_path.name)
+            return
+        if sidecar is not None and sidecar.get("update") == best["step"] and sidecar.get("score") == best["metrics"][METRIC]:
+            return
+        found = sidecar.get("update") if sidecar is not None else problem
+        source = self._checkpoint_holding(best, resume_path, resume_state)
+        if source is None:
+            logger.warning(
+                "MI hook: %s (%s) is not the resumed best (update %d) and no checkpoint holding that update "
+                "was found; it is replaced at the next new best", export, found, best["step"],
+            )
+            return
+        path, state = source
+        try:
+            self._write_export(state["model"], state.get("task_state") or {}, best)
+        except Exception as error:  # the resumed run goes on; the next new best exports again
+            if self.callback.strict:
+                raise
+            logger.warning("MI hook: re-exporting the resumed best from %s failed: %s", path, error)
+            return
+        logger.warning(
+            "MI hook: %s held %s, not the resumed best (written after %s was saved, or cut short by a kill); "
+            "re-exported update %d (%.4f bits) from %s", export,
+            f"update {found}" if isinstance(found, int) else f"an unusable export ({found})",
+            resume_path.name, best["step"], best["metrics"][METRIC], path.name,
+        )
+
+    def _checkpoint_holding(self, best: dict, resume_path: Path, resume_state: dict) -> Optional[tuple]:
+        """(path, state) of a fairseq checkpoint saved at the best's update with its score, if any."""
+        from .safe_load import load_checkpoint
+
+        checkpoint_cfg = self.run_cfg.checkpoint
+        suffix = checkpoint_cfg.checkpoint_suffix
+        save_dir = Path(checkpoint_cfg.save_dir)
+        candidates = [save_dir / f"checkpoint_best{suffix}.pt", save_dir / f"checkpoint_{best['epoch']}_{best['step']}{suffix}.pt"]
+        for path in [resume_path, *candidates]:
+            try:
+                state = resume_state if path == resume_path else load_checkpoint(path, mmap=True)
+            except Exception:  # absent or unreadable: try the next one
+                continue
+            updates = state["optimizer_history"][-1]["num_updates"]
+            score = (state.get("extra_state") or {}).get("val_loss")
+            if updates == best["step"] and isinstance(score, (int, float)) and math.isclose(
+                score, best["metrics"][METRIC], abs_tol=1e-9
+            ):
+                return path, state
+        return None
 
     # --- export -------------------------------------------------------------------------------------
     def _export(self, model: torch.nn.Module, record: dict) -> None:
@@ -161,12 +259,15 @@ class FairseqMIHook:
         The exported ``cfg.task`` names the stock task (``mi_*`` settings removed), so the file loads
         with plain fairseq, e.g. as ``w2v_path`` for fine-tuning, without this plugin.
         """
+        self._write_export(model.state_dict(), self.task.state_dict(), record)
+
+    def _write_export(self, model_state: dict, task_state: dict, record: dict) -> None:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.to_container(self.run_cfg, resolve=True, enum_to_str=True)
         cfg["task"] = {k: v for k, v in cfg["task"].items() if not k.startswith("mi_")}
         cfg["task"]["_name"] = self.task.mi_base_task_name
-        task_state = {k: v for k, v in self.task.state_dict().items() if k != "ssl_mi"}
+        task_state = {k: v for k, v in task_state.items() if k != "ssl_mi"}
         update, epoch = record["step"], record["epoch"]
         sidecar = {
             "update": update,
@@ -183,7 +284,7 @@ class FairseqMIHook:
         state = {
             "args": None,
             "cfg": cfg,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": {k: v.detach().cpu() for k, v in model_state.items()},
             "criterion": None,
             "optimizer_history": [{"criterion_name": None, "optimizer_name": None, "lr_scheduler_state": {}, "num_updates": update}],
             "task_state": task_state,
