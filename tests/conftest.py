@@ -127,3 +127,15 @@ def tiny_corpus(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("tiny_corpus")
     generate_corpus(tiny_corpus_config(), out_dir, jobs=2)
     return out_dir
+
+
+# Fuzz tests: under CI the examples are derandomized (the same cases every run, so CI cannot turn red
+# by chance); locally hypothesis explores new cases each run.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True)
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        _hypothesis_settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass

@@ -260,3 +260,14 @@ def test_a_torn_checkpoint_last_stops_the_run_with_one_line_naming_another_check
     retry = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=100", f"checkpoint.restore_file={save_dir / interval}"])
     assert retry.returncode == 0, retry.output[-3000:]
     assert [r["step"] for r in retry.history()] == [50, 100]
+
+
+def test_sidecar_error_stays_one_line_for_a_value_with_a_newline(tmp_path):
+    """Regression (found by the fuzz test): a sidecar value is quoted, never pasted raw into the message."""
+    from ssl_mi_callback.selection import SidecarMismatchError, read_sidecar
+
+    (tmp_path / "best.pt").write_bytes(b"0123456789")
+    (tmp_path / "best.json").write_text('{"file": "best.pt", "bytes": "\\n"}')
+    with pytest.raises(SidecarMismatchError) as error:
+        read_sidecar(tmp_path / "best.pt")
+    assert "\n" not in str(error.value)

@@ -195,7 +195,7 @@ def read_sidecar(dest_path: PathLike, verify: bool = False) -> Dict[str, Any]:
     hint = "an export was interrupted between the file and its sidecar; re-export it"
     size = dest.stat().st_size
     if fields.get("bytes") != size:
-        raise SidecarMismatchError(f"sidecar {side} says {fields.get('bytes')} bytes but {dest.name} has {size}: {hint}")
+        raise SidecarMismatchError(f"sidecar {side} says {fields.get('bytes')!r} bytes but {dest.name} has {size}: {hint}")
     if verify and fields.get("sha256") != _file_sha256(dest):
         raise SidecarMismatchError(f"sidecar {side} has another SHA-256 than {dest.name}: {hint}")
     return fields
