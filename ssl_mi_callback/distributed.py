@@ -30,12 +30,3 @@ def gather_objects(local: Any) -> list:
     torch.distributed.all_gather_object(gathered, local)
     return gathered
 
-
-def broadcast_object(value: Any, source_rank: int = 0) -> Any:
-    """Every rank gets ``source_rank``'s value (unchanged without a process group)."""
-    _, world_size = rank_and_world_size()
-    if world_size == 1:
-        return value
-    holder = [value]
-    torch.distributed.broadcast_object_list(holder, src=source_rank)
-    return holder[0]
