@@ -45,7 +45,7 @@ fi
 venv="$root/.venv"
 lock="$root/requirements/dev-lock.txt"
 stamp="$venv/.ssl-mi-stamp"
-want=$( { cat "$lock" requirements/dev.in setup.cfg pyproject.toml scripts/setup_env.sh 2>/dev/null || true; } | sha256sum | cut -c1-16)
+want=$( { cat "$lock" requirements/dev.in setup.cfg pyproject.toml scripts/setup_env.sh scripts/build_wheelhouse.sh 2>/dev/null || true; } | sha256sum | cut -c1-16)
 if [ $relock = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   say "environment up to date ($venv)"
   exit 0
@@ -58,22 +58,18 @@ if [ $relock = 1 ] || [ ! -f "$lock" ]; then
   say "resolving requirements/dev.in (this downloads torch: a few minutes)"
   "${pip[@]}" install -r requirements/dev.in
   { echo "# Exact development set, written by scripts/setup_env.sh --relock. Do not edit by hand."
-    "$venv/bin/python" -m pip freeze --exclude-editable | grep -vE '^(fairseq|ssl[-_]mi[-_]callback)=' ; } > "$lock"
+    "$venv/bin/python" -m pip freeze --exclude-editable | grep -vE '^(fairseq|ssl[-_]mi[-_]callback) ?[=@]' ; } > "$lock"
 else
   say "installing the locked development set"
   "${pip[@]}" install -r "$lock"
 fi
 
-# --- 3. fairseq 0.12.2 (no deps; built once into a wheel cache) --------------------------------
-# Build isolation stays ON: with torch importable at build time fairseq's setup.py adds C++
-# extensions whose sources are missing from the PyPI tarball.
+# --- 3. fairseq 0.12.2 (no deps; built once into a wheel cache, shared with build_wheelhouse.sh) --
+source "$root/scripts/build_wheelhouse.sh"   # defines fairseq_wheel; runs nothing when sourced
 wheels=${SSL_MI_WHEELHOUSE:-$HOME/.cache/ssl-mi/wheels}
 mkdir -p "$wheels"
-if ! ls "$wheels"/fairseq-0.12.2-*.whl >/dev/null 2>&1; then
-  say "building the fairseq 0.12.2 wheel (about a minute, once)"
-  "${pip[@]}" wheel --no-deps -w "$wheels" fairseq==0.12.2
-fi
-"${pip[@]}" install --no-deps "$wheels"/fairseq-0.12.2-*.whl
+fairseq_whl=$(fairseq_wheel "$venv/bin/python" "$wheels") || { say "building the fairseq wheel failed"; exit 1; }
+"${pip[@]}" install --no-deps "$fairseq_whl"
 
 # --- 4. this package, editable ------------------------------------------------------------------
 "${pip[@]}" install --no-deps --no-build-isolation -e .

@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 import torch
 
-from .evaluator import Evaluator
-from .selector import CheckpointSelector
+from .data import Source, load_heldout
+from .distributed import rank_and_world_size
+from .evaluator import EvaluationConfig, Evaluator
+from .features import FeatureAdapter
+from .selector import CheckpointSelector, SelectionConfig, export_atomically
 
 logger = logging.getLogger("ssl_mi_callback")
 
@@ -26,7 +30,11 @@ def _one_line(error: BaseException) -> str:
 
 
 class MICallback:
-    """Evaluate every ``every_n_steps`` steps (0: only when :meth:`evaluate` is called)."""
+    """Evaluate every ``every_n_steps`` steps (0: only when :meth:`evaluate` is called).
+
+    With ``export_best`` set, the writer rank saves ``model.state_dict()`` there atomically (with a
+    JSON sidecar: step, score, settings) whenever an evaluation is a new best.
+    """
 
     def __init__(
         self,
@@ -35,6 +43,7 @@ class MICallback:
         *,
         every_n_steps: int = 0,
         strict: bool = False,
+        export_best: Union[str, Path, None] = None,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
@@ -42,7 +51,33 @@ class MICallback:
         self.selector = selector
         self.every_n_steps = every_n_steps
         self.strict = strict
+        self.export_best = None if export_best is None else Path(export_best)
         self.last_record: Optional[dict] = None
+
+    @classmethod
+    def create(
+        cls,
+        adapter: FeatureAdapter,
+        heldout: Source,
+        *,
+        every_n_steps: int,
+        history_path: Union[str, Path, None] = "mi_history.jsonl",
+        export_best: Union[str, Path, None] = None,
+        config: Optional[EvaluationConfig] = None,
+        selection: Optional[SelectionConfig] = None,
+        max_seconds: float = 300.0,
+        max_utterance_seconds: float = 15.0,
+        strict: bool = False,
+    ) -> "MICallback":
+        """The hook for a plain PyTorch loop: held-out audio (manifest, folder or list of files) loaded
+        once, ranks from ``torch.distributed`` when it is initialised (only rank 0 writes)."""
+        rank, world_size = rank_and_world_size()
+        subset = load_heldout(heldout, max_seconds=max_seconds, max_utterance_seconds=max_utterance_seconds)
+        logger.info("MI held-out subset: %s", subset.describe())
+        evaluator = Evaluator(config or EvaluationConfig(), subset, adapter, rank=rank, world_size=world_size)
+        selector = CheckpointSelector(selection or SelectionConfig(), history_path=history_path, is_writer=rank == 0)
+        return cls(evaluator, selector, every_n_steps=every_n_steps, strict=strict,
+                   export_best=export_best if rank == 0 else None)
 
     def due(self, step: int) -> bool:
         return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
@@ -80,6 +115,8 @@ class MICallback:
             self.last_record = record
             return record
         record["is_best"] = bool(decision.is_best)
+        if decision.is_best and self.export_best is not None:
+            self._export(model, record)
         if record["status"] == "ok":
             logger.info(
                 "MI at step %d: %.4f bits%s (best %.4f at step %s)",
@@ -88,6 +125,18 @@ class MICallback:
             )
         self.last_record = record
         return record
+
+    def _export(self, model: torch.nn.Module, record: dict) -> None:
+        """Write the new best weights atomically; a failure is logged (the run goes on) unless strict."""
+        sidecar = {"step": record["step"], "epoch": record["epoch"], "metric": self.selector.config.monitor,
+                   "score": record["metrics"].get(self.selector.config.monitor), "settings": record.get("settings")}
+        state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        try:
+            export_atomically(lambda handle: torch.save(state, handle), self.export_best, sidecar)
+        except OSError as error:
+            if self.strict:
+                raise
+            logger.warning("could not export the best weights to %s: %s", self.export_best, _one_line(error))
 
     def state_dict(self) -> dict:
         return {"selector": self.selector.state_dict()}

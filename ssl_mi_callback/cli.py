@@ -16,6 +16,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .plot import configure_plot, run_plot
+
 EXIT_USAGE = 2
 
 
@@ -132,6 +134,139 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ score
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_layers(text: str) -> tuple:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers (e.g. -1 or 4,8,12), got {text!r}") from None
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per :class:`EvaluationConfig` field, with its help text (default: None = unset)."""
+    import dataclasses
+
+    from .evaluator import EvaluationConfig
+
+    group = parser.add_argument_group("evaluation settings (defaults: the training hook's; see README 'Settings')")
+    for config_field in dataclasses.fields(EvaluationConfig):
+        default = config_field.default
+        kind = _parse_layers if config_field.name == "layers" else _parse_bool if isinstance(default, bool) else type(default)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(f"--{config_field.name.replace('_', '-')}", dest=f"eval_{config_field.name}", type=kind, metavar=config_field.name.upper(),
+                           default=None, help=f"{config_field.metadata.get('help', '')} (default {shown})".replace('%', '%%'))
+
+
+def evaluation_config_from(args: argparse.Namespace, base: Optional[dict] = None):
+    """EvaluationConfig: its defaults, then ``base`` settings (e.g. a history record's), then given flags."""
+    import dataclasses
+
+    from .evaluator import EvaluationConfig
+
+    settings = dict(base or {})
+    for config_field in dataclasses.fields(EvaluationConfig):
+        value = getattr(args, f"eval_{config_field.name}", None)
+        if value is not None:
+            settings[config_field.name] = value
+    config = EvaluationConfig.from_settings(settings)
+    config.validate()
+    return config
+
+
+def _history_settings(path: str) -> tuple[dict, Optional[str]]:
+    """(settings, subset fingerprint) of the last successful record of a history file."""
+    from .report import read_history
+
+    if not Path(path).is_file():
+        raise CommandError(f"--settings-from: no such history file: {path}")
+    ok = [record for record in read_history(path) if record.get("status") == "ok" and record.get("settings")]
+    if not ok:
+        raise CommandError(f"--settings-from: {path} holds no successful evaluation to take settings from")
+    return ok[-1]["settings"], ok[-1].get("subset", {}).get("fingerprint")
+
+
+def configure_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files (or model directories)")
+    parser.add_argument("--data", required=True, metavar="HELDOUT.tsv", help="held-out audio: a fairseq manifest or a folder")
+    parser.add_argument("--labels", metavar="LABELS", help="frame labels of --data (one line of class ids per manifest entry, "
+                        "e.g. a generated corpus's heldout.phn): adds I(Z;Y) and phone-probe accuracy per layer")
+    parser.add_argument("--family", default="fairseq", help="how to load the checkpoints: fairseq, torchaudio, huggingface, "
+                        "or a loader package.module:function returning ssl_mi_callback.scoring.LoadedModel (default fairseq)")
+    parser.add_argument("--json", dest="json_out", metavar="OUT.json", help="write every result and the ranking here")
+    parser.add_argument("--settings-from", metavar="HISTORY.jsonl", help="take the evaluation settings of the last evaluation "
+                        "in a training run's history (flags given here still win)")
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="cap on held-out audio (default 300, as the hook)")
+    parser.add_argument("--max-utterance-seconds", type=float, default=15.0, help="crop each utterance (default 15, as the hook)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_evaluation_arguments(parser)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from .data import load_heldout
+    from .labels import read_frame_labels
+    from .scoring import Progress, ranking, resolve_loader, score_checkpoint
+
+    missing = [path for path in args.checkpoints if not Path(path).exists()]
+    if missing:
+        raise CommandError(f"no such checkpoint: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    base, fingerprint = _history_settings(args.settings_from) if args.settings_from else ({}, None)
+    config = evaluation_config_from(args, base)
+    loader = resolve_loader(args.family)
+    subset = load_heldout(args.data, max_seconds=args.max_seconds, max_utterance_seconds=args.max_utterance_seconds)
+    print(f"held-out subset: {subset.describe()}", file=sys.stderr)
+    if fingerprint is not None and fingerprint != subset.fingerprint():
+        print(f"warning: this subset (fingerprint {subset.fingerprint()}) differs from the one the history was scored on "
+              f"({fingerprint}); values are not comparable with the training log", file=sys.stderr)
+    labels = read_frame_labels(args.labels, args.data) if args.labels else None
+    progress = Progress(len(args.checkpoints))
+    records = []
+    for path in args.checkpoints:
+        record = score_checkpoint(path, loader, subset, config, labels=labels, device=args.device)
+        records.append(record)
+        shown = f"mi_bits {record['metrics']['mi_bits']:.4f}" if record["status"] == "ok" else "failed"
+        progress.update(f"{Path(path).name}: {shown}")
+    ranked = ranking(records)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({
+            "settings": {**config.__dict__, "layers": list(config.layers)}, "family": args.family, "data": args.data,
+            "labels": args.labels, "checkpoints": records, "ranking": [r["checkpoint"] for r in ranked],
+        }, indent=1) + "\n", encoding="utf-8")
+    print(format_ranking(records, ranked))
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def format_ranking(records: Sequence[dict], ranked: Sequence[dict]) -> str:
+    """Ranking table: rank, checkpoint, step, mi_bits with its interval, and the phone probe when scored."""
+    from .report import _number
+
+    def selection_layer(record: dict) -> str:
+        return max(record["layers"], key=int)
+
+    supervised = any("supervised" in r for r in ranked)
+    header = ["rank", "checkpoint", "step", "mi_bits", "ci95"] + (["I(Z;Y)", "phone acc"] if supervised else [])
+    rows = [header]
+    for position, record in enumerate(ranked, start=1):
+        layer = selection_layer(record)
+        low, high = record["layers"][layer].get("ci95_bits") or (None, None)
+        row = [str(position), Path(record["checkpoint"]).name, str(record.get("step")),
+               _number(record["metrics"]["mi_bits"]), f"[{_number(low)}, {_number(high)}]"]
+        if supervised:
+            row += [_number(record["metrics"].get(f"phone_mi_bits_l{layer}")), _number(record["metrics"].get(f"phone_accuracy_l{layer}"))]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += [f"failed: {r['checkpoint']}: {r['error']}" for r in records if r["status"] != "ok"]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ fairseq-user-dir
 def run_fairseq_user_dir(args: argparse.Namespace) -> int:
     from .integrations.fairseq import USER_DIR
@@ -144,6 +279,8 @@ def run_fairseq_user_dir(args: argparse.Namespace) -> int:
 COMMANDS: List[Command] = [
     Command("estimate", "MI lower bound from saved features (.npy)", configure_estimate, run_estimate),
     Command("report", "table of an MI history with the best evaluation marked", configure_report, run_report),
+    Command("plot", "figure of an MI history: MI per layer, the best marked, label-free baselines", configure_plot, run_plot),
+    Command("score", "score saved checkpoints offline with the hook's evaluation, rank them", configure_score, run_score),
     Command("fairseq-user-dir", "print the fairseq common.user_dir of the MI plugin", lambda parser: None, run_fairseq_user_dir),
 ]
 

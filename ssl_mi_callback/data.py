@@ -61,6 +61,7 @@ class Utterance:
     uid: str  # path as written in the manifest / relative to the folder
     waveform: np.ndarray
     path: str = ""
+    source_samples: int = 0  # length of the file before cropping (0: not cropped / unknown)
 
     @property
     def num_samples(self) -> int:
@@ -422,6 +423,7 @@ def load_heldout(source: Source, *, sample_rate: int = 16000, max_seconds: Optio
             if budget - total < max(min_samples, 1):
                 break
             keep = budget - total
+        source_samples = waveform.shape[0]
         if keep < waveform.shape[0]:
             waveform = waveform[:keep].copy()  # a copy frees the rest of the file
             subset.cropped += 1
@@ -433,7 +435,8 @@ def load_heldout(source: Source, *, sample_rate: int = 16000, max_seconds: Optio
         subset.resampled += loaded.resampled
         subset.clipped += loaded.clipped
         subset.utterances.append(Utterance(index=len(subset.utterances), uid=uid,
-                                           waveform=np.ascontiguousarray(waveform), path=path))
+                                           waveform=np.ascontiguousarray(waveform), path=path,
+                                           source_samples=source_samples))
         total += waveform.shape[0]
     subset.skip_counts = dict(counts)
     if len(subset.skipped) > _LOGGED_SKIPS:

@@ -19,7 +19,7 @@ import torch
 from . import estimators
 from .data import HeldOutSubset, plan_batches
 from .distributed import GatherFn, gather_objects
-from .features import FeatureAdapter, resolve_layers
+from .features import VIEW_PAIRS, FeatureAdapter, resolve_layers
 from .views import MaskConfig, span_mask
 
 SAMPLE_RATE = 16000
@@ -37,6 +37,8 @@ class EvaluationConfig:
     selection: str = field(default="last", metadata={"help": "what becomes the selection metric mi_bits: 'last' (last scored layer), 'mean' (mean over scored layers) or a layer number"})
     clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
     probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
+    views: str = field(default="auto", metadata={"help": "view pair: 'masked' (Za masked input, Zb unmasked, at the masked frames), 'past_future' (Za at frame t, Zb at frame t+future_offset; causal models such as APC) or 'auto' (the adapter's default)"})
+    future_offset: int = field(default=3, metadata={"help": "k of the past_future views in frames (3 frames = 60 ms at 20 ms frames)"})
     mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view"})
     mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
     mask_seed: int = field(default=0, metadata={"help": "seed of the fixed masks"})
@@ -57,6 +59,10 @@ class EvaluationConfig:
                 raise ValueError(f"selection must be 'last', 'mean' or a layer number, got {self.selection!r}") from None
         if self.clusters < 2:
             raise ValueError(f"clusters must be >= 2, got {self.clusters}")
+        if self.views not in ("auto", *VIEW_PAIRS):
+            raise ValueError(f"views must be 'auto', {', '.join(repr(v) for v in VIEW_PAIRS)}; got {self.views!r}")
+        if self.future_offset < 1:
+            raise ValueError(f"future_offset must be >= 1 frame, got {self.future_offset}")
         if self.probe not in ("linear", "mlp"):
             raise ValueError(f"probe must be 'linear' or 'mlp', got {self.probe!r}")
         if not 0.0 < self.fit_fraction < 1.0:
@@ -117,6 +123,16 @@ def _check_finite(layer: int, utterances: Sequence, masked: torch.Tensor, unmask
     )
 
 
+def _check_frames(adapter: str, features: dict[int, torch.Tensor], batch_size: int, num_frames: int) -> None:
+    """Raise one line if an adapter's features are not [batch, num_frames(model, samples), D]."""
+    for layer, value in features.items():
+        if value.dim() != 3 or value.shape[0] != batch_size or value.shape[1] != num_frames:
+            raise ValueError(
+                f"the {adapter} adapter returned layer {layer} features of shape {tuple(value.shape)}, expected "
+                f"[{batch_size}, {num_frames}, dim] (its num_frames disagrees with its features)"
+            )
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -150,24 +166,51 @@ class Evaluator:
             length_quantum_seconds=config.length_quantum_seconds, sample_rate=SAMPLE_RATE,
         )
 
+    @property
+    def view_pair(self) -> str:
+        """The view pair this evaluator uses (``views`` with ``auto`` resolved by the adapter)."""
+        return self.adapter.default_views if self.config.views == "auto" else self.config.views
+
     def settings(self) -> dict:
-        return {**asdict(self.config), "layers": list(self.config.layers), "adapter": self.adapter.name}
+        return {
+            **asdict(self.config), "layers": list(self.config.layers), "adapter": self.adapter.name,
+            "view_pair": self.view_pair,
+        }
+
+    def _mask_placement(self, model: torch.nn.Module) -> Optional[str]:
+        if self.view_pair != "masked":
+            return None
+        placement_for = getattr(self.adapter, "mask_placement_for", None)
+        return placement_for(model) if placement_for is not None else self.adapter.mask_placement
+
+    def _pair_count(self, num_frames: int, uid: str) -> int:
+        if self.view_pair == "past_future":
+            return max(num_frames - self.config.future_offset, 0)
+        return int(span_mask(num_frames, self.config.mask_config(), uid).sum())
 
     def masked_frame_count(self, model: torch.nn.Module) -> int:
-        """How many masked frames (Za/Zb pairs) one evaluation of ``model`` yields."""
-        mask_config = self.config.mask_config()
+        """How many (Za, Zb) frame pairs one evaluation of ``model`` yields (masked frames for the
+        masked views, frames with a frame ``future_offset`` later for the past/future views)."""
         total = 0
         for batch in self.batches:
             num_frames = self.adapter.num_frames(model, batch.num_samples)
-            total += sum(int(span_mask(num_frames, mask_config, u.uid).sum()) for u in batch.utterances)
+            total += sum(self._pair_count(num_frames, u.uid) for u in batch.utterances)
         return total
+
+    def _check_adapter(self, model: torch.nn.Module) -> None:
+        self.adapter.check(model)
+        if self.view_pair == "past_future" and not getattr(self.adapter, "causal", False):
+            raise ValueError(
+                f"views=past_future needs a causal model (Za at frame t must see only the past), and the "
+                f"{self.adapter.name} adapter is not causal; use views=masked, or an adapter built with causal=True"
+            )
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise ValueError (one line) before training if an evaluation of ``model`` could not work:
         a model the adapter does not fit, a requested or selected layer it lacks, or a held-out subset
         too small for the estimate (at least 4 utterances and about 2 masked frames per cluster in the
         smaller of the fit/eval parts)."""
-        self.adapter.check(model)
+        self._check_adapter(model)
         num_layers = self.adapter.num_layers(model)
         layers = resolve_layers(self.config.layers, num_layers)
         selection = self.config.selection
@@ -178,31 +221,45 @@ class Evaluator:
         smaller_share = min(self.config.fit_fraction, 1.0 - self.config.fit_fraction)
         if utterances < 4 or frames * smaller_share < 2 * self.config.clusters:
             raise ValueError(
-                f"the held-out subset is too small for the estimate: {utterances} utterances, {frames} masked "
-                f"frames (need >= 4 utterances and >= {int(2 * self.config.clusters / smaller_share)} masked frames "
+                f"the held-out subset is too small for the estimate: {utterances} utterances, {frames} frame pairs "
+                f"(need >= 4 utterances and >= {int(2 * self.config.clusters / smaller_share)} frame pairs "
                 f"for {self.config.clusters} clusters); give more held-out audio or fewer clusters"
             )
 
-    def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[tuple[int, dict, torch.Tensor]]:
+    def _batch_views(
+        self, model: torch.nn.Module, batch, layers: list[int]
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
+        """(Za source, Zb source, pair mask [B, F']): Za = first[layer][pairs], Zb = second[layer][pairs]."""
+        waveforms = batch.waveforms()
+        num_frames = self.adapter.num_frames(model, batch.num_samples)
+        if self.view_pair == "past_future":
+            features = self.adapter.extract(model, waveforms, layers)
+            _check_frames(self.adapter.name, features, len(batch.utterances), num_frames)
+            k = self.config.future_offset
+            past = {layer: value[:, : num_frames - k] for layer, value in features.items()}
+            future = {layer: value[:, k:] for layer, value in features.items()}
+            pairs = torch.ones(len(batch.utterances), max(num_frames - k, 0), dtype=torch.bool)
+            return past, future, pairs
         mask_config = self.config.mask_config()
+        masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
+        masked, unmasked = self.adapter.extract_views(model, waveforms, masks, layers)
+        _check_frames(self.adapter.name, unmasked, len(batch.utterances), num_frames)
+        return masked, unmasked, masks
+
+    def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[tuple[int, dict, torch.Tensor]]:
         results = []
         for batch in self.batches[self.rank :: self.world_size]:
-            waveforms = batch.waveforms()
-            num_frames = self.adapter.num_frames(model, batch.num_samples)
-            masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
-            masked, unmasked = self.adapter.extract_views(model, waveforms, masks, layers)
-            device_masks = masks.to(_model_device(model))
+            first, second, pairs = self._batch_views(model, batch, layers)
+            device_pairs = pairs.to(_model_device(model))
             per_layer = {}
             for layer in layers:
-                _check_finite(layer, batch.utterances, masked[layer], unmasked[layer])
-                za = masked[layer][device_masks].float()
-                zb = unmasked[layer][device_masks].float()
+                _check_finite(layer, batch.utterances, first[layer], second[layer])
+                za = first[layer][device_pairs].float()
+                zb = second[layer][device_pairs].float()
                 if self.world_size > 1:
                     za, zb = za.cpu(), zb.cpu()
                 per_layer[layer] = (za, zb)
-            groups = torch.repeat_interleave(
-                torch.tensor([u.index for u in batch.utterances]), masks.sum(dim=1)
-            )
+            groups = torch.repeat_interleave(torch.tensor([u.index for u in batch.utterances]), pairs.sum(dim=1))
             results.append((batch.index, per_layer, groups))
         return results
 
@@ -223,9 +280,17 @@ class Evaluator:
         return features, torch.cat([i[2] for i in items])
 
     def evaluate(self, model: torch.nn.Module) -> dict:
-        """Run one evaluation; raises on failure (the callback decides what a failure costs)."""
+        """Run one evaluation; raises on failure (the callback decides what a failure costs).
+
+        Safe to call from a host's validation loop: the probes need autograd, so inference mode and
+        no_grad of the caller are lifted for the estimators (the forward itself runs without grad).
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._evaluate(model)
+
+    def _evaluate(self, model: torch.nn.Module) -> dict:
         started = time.perf_counter()
-        self.adapter.check(model)
+        self._check_adapter(model)
         layers = resolve_layers(self.config.layers, self.adapter.num_layers(model))
         device = _model_device(model)
         with _evaluation_mode(model):
@@ -267,6 +332,11 @@ class Evaluator:
         return {
             **record_extra,
             "status": "ok",
+            "views": {
+                "pair": self.view_pair,
+                "future_offset": self.config.future_offset if self.view_pair == "past_future" else None,
+                "mask_placement": self._mask_placement(model),
+            },
             "metrics": metrics,
             "layers": {str(layer): result for layer, result in per_layer.items()},
             "settings": self.settings(),

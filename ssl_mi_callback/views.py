@@ -53,3 +53,22 @@ def span_mask(num_frames: int, config: MaskConfig, uid: str) -> torch.Tensor:
     offsets = torch.arange(config.mask_length)
     mask[(starts[:, None] + offsets[None, :]).reshape(-1)] = True
     return mask
+
+
+def zero_masked_frames(waveforms: torch.Tensor, frame_mask: torch.Tensor, frame_hop: int, frame_length: int) -> torch.Tensor:
+    """The masked view in the waveform domain (models without a mask embedding): a copy of
+    ``waveforms`` [B, S] with every sample of a masked frame (``frame_mask`` [B, F]) set to zero.
+
+    Frame t covers samples ``[t * frame_hop, t * frame_hop + frame_length)``; a sample is zeroed when
+    any masked frame covers it (a transposed convolution of the frame mask with a box of length
+    ``frame_length`` and stride ``frame_hop``).
+    """
+    batch, num_samples = waveforms.shape
+    if frame_mask.shape[1] == 0:
+        return waveforms.clone()
+    mask = frame_mask.to(device=waveforms.device, dtype=torch.float32)[:, None, :]
+    box = torch.ones(1, 1, frame_length, device=waveforms.device)
+    covered = torch.nn.functional.conv_transpose1d(mask, box, stride=frame_hop)[:, 0, :num_samples] > 0.5
+    zeroed = torch.zeros(batch, num_samples, dtype=torch.bool, device=waveforms.device)
+    zeroed[:, : covered.shape[1]] = covered
+    return waveforms.masked_fill(zeroed, 0.0)

@@ -17,6 +17,10 @@ _INSTALL_HINT = {
     "flite": "apt-get install flite (or run scripts/setup_env.sh)",
     "fairseq": "run scripts/setup_env.sh (installs fairseq 0.12.2 into .venv)",
     "torchaudio": "pip install torchaudio==<your torch version>",
+    "transformers": "pip install 'ssl_mi_callback[huggingface]' (or run scripts/setup_env.sh)",
+    "accelerate": "pip install 'ssl_mi_callback[huggingface]' (or run scripts/setup_env.sh)",
+    "lightning": "pip install 'ssl_mi_callback[lightning]' (or run scripts/setup_env.sh)",
+    "matplotlib": "pip install 'ssl_mi_callback[plot]' (or run scripts/setup_env.sh)",
 }
 
 

@@ -3,7 +3,6 @@ wav2vec 2.0 model and real generated speech."""
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from conftest import require
+from gloo_workers import run_in_gloo_processes
 
 TINY_CONV = "[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2"
 
@@ -26,6 +26,20 @@ def tiny_wav2vec2(seed: int = 0, layers: int = 2) -> torch.nn.Module:
     )
     torch.manual_seed(seed)
     return Wav2Vec2Model(config)
+
+
+def tiny_data2vec_audio(seed: int = 0, layers: int = 2) -> torch.nn.Module:
+    """fairseq 0.12.2's data2vec audio (shipped under fairseq/examples/data2vec, model ``data2vec_audio``)."""
+    require("fairseq")
+    import ssl_mi_callback.integrations.fairseq  # noqa: F401  (compat before fairseq)
+    from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
+
+    config = Data2VecAudioConfig(
+        conv_feature_layers=TINY_CONV, encoder_layers=layers, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+        encoder_attention_heads=2, conv_pos=16, conv_pos_groups=4,
+    )
+    torch.manual_seed(seed)
+    return Data2VecAudioModel(config)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +95,7 @@ def test_masks_and_batches_do_not_depend_on_batch_size(subset, one_torch_thread)
     assert small["metrics"]["mi_bits"] == pytest.approx(large["metrics"]["mi_bits"], abs=2e-3)
 
 
-def _distributed_worker(rank, world_size, port, heldout, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    torch.set_num_threads(1)
+def _distributed_worker(rank, world_size, heldout, out):
     from ssl_mi_callback.data import load_heldout
     from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
@@ -94,16 +105,13 @@ def _distributed_worker(rank, world_size, port, heldout, out):
     record = evaluator.evaluate(tiny_wav2vec2())
     with open(f"{out}.{rank}", "w") as handle:
         json.dump(record["metrics"], handle)
-    torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
-    torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_processes_give_the_one_process_value(tiny_corpus, subset, tmp_path):
     """Real torch.distributed: rank r runs batches r, r+2, ...; both ranks must return the value of one process."""
     require("fairseq")
     out = tmp_path / "metrics"
-    port = 29700 + os.getpid() % 200
-    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(tiny_corpus / "heldout.tsv"), str(out)), nprocs=2)
+    run_in_gloo_processes(_distributed_worker, (str(tiny_corpus / "heldout.tsv"), str(out)))
     rank0, rank1 = (json.loads((tmp_path / f"metrics.{r}").read_text()) for r in (0, 1))
     assert rank0 == rank1
     threads = torch.get_num_threads()
@@ -146,12 +154,14 @@ def test_on_step_evaluates_only_when_due(subset, one_torch_thread):
     assert [r["step"] for r in callback.selector.history()] == [3, 6]
 
 
-def test_fairseq_adapter_matches_the_models_own_forward(subset):
-    """Our two views equal wav2vec 2.0's own forward: unmasked = extract_features(mask=False), masked =
-    forward(mask=True, mask_indices=M) (with mask_prob > 0, where fairseq honours given indices)."""
+@pytest.mark.parametrize("build", [tiny_wav2vec2, tiny_data2vec_audio], ids=["wav2vec2", "data2vec_audio"])
+def test_fairseq_adapter_matches_the_models_own_forward(subset, build):
+    """Our two views equal the model's own forward (wav2vec 2.0, data2vec audio): unmasked =
+    extract_features(mask=False), masked = forward(mask=True, mask_indices=M) (with mask_prob > 0,
+    where fairseq honours given indices); ``extract`` is the unmasked view."""
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
-    model = tiny_wav2vec2().eval()
+    model = build().eval()
     adapter = FairseqMaskedPredictionAdapter()
     waveform = torch.from_numpy(subset.utterances[0].waveform)[None]
     frames = adapter.num_frames(model, waveform.shape[1])
@@ -165,3 +175,12 @@ def test_fairseq_adapter_matches_the_models_own_forward(subset):
     assert torch.equal(unmasked[2], reference["x"])
     assert torch.equal(unmasked[1], reference["layer_results"][0][0].transpose(0, 1))
     assert torch.equal(masked[2], reference_masked["x"])
+    assert torch.equal(adapter.extract(model, waveform, [2])[2], reference["x"])
+
+
+def test_data2vec_audio_is_scored_with_masked_views(subset, one_torch_thread):
+    record = make_evaluator(subset, layers=(1, 2)).evaluate(tiny_data2vec_audio())
+    assert record["views"] == {"pair": "masked", "future_offset": None, "mask_placement": "feature"}
+    for layer in ("1", "2"):  # random weights: a bound near 0, finite, within its entropy term
+        result = record["layers"][layer]
+        assert -0.1 < result["mi_bits"] <= result["h_c_bits"] and result["ci95_bits"][0] <= result["mi_bits"]

@@ -28,7 +28,7 @@ def test_two_processes_agree_and_match_one_process(speech_corpus, tmp_path):
 
     # The same weights scored by one process with the same settings give the same value.
     from ssl_mi_callback.data import load_heldout
-    from ssl_mi_callback.integrations.fairseq.offline import score_checkpoint
+    from ssl_mi_callback.scoring import load_fairseq, score_checkpoint
     from ssl_mi_callback.evaluator import EvaluationConfig
 
     settings = dict(item.split("=", 1) for item in FAST)
@@ -40,7 +40,7 @@ def test_two_processes_agree_and_match_one_process(speech_corpus, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the training processes ran with OMP_NUM_THREADS=1
     try:
-        single = score_checkpoint(save_dir / "checkpoint_last.pt", subset, config)
+        single = score_checkpoint(str(save_dir / "checkpoint_last.pt"), load_fairseq, subset, config)
     finally:
         torch.set_num_threads(threads)
     assert single["step"] == 100

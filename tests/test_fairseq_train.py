@@ -1,7 +1,11 @@
 """End to end: real fairseq pretraining (tiny models, CPU) on generated speech with the MI flag on."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -148,3 +152,33 @@ def test_hubert_selects_and_exports_by_mi(corpus, tmp_path):
     assert exported["cfg"]["task"]["_name"] == "hubert_pretraining"
     assert exported["extra_state"]["ssl_mi"]["update"] == best_step
     assert "dictionaries" in exported["task_state"]  # HuBERT's label dictionary travels with the weights
+
+
+def test_score_command_reproduces_the_hook_and_adds_the_phone_probe(wav2vec2_run, corpus, tmp_path):
+    """`ssl-mi score` on the run's checkpoints, with the run's settings, gives the values the hook logged
+    at those updates; labels add I(Z;Y) and phone accuracy per layer; a broken file is a failed row."""
+    history = wav2vec2_run.history()
+    by_step = {r["step"]: r["metrics"]["mi_bits"] for r in history}
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not a checkpoint")
+    checkpoints = [wav2vec2_run.save_dir / "checkpoint_mi_best.pt", wav2vec2_run.save_dir / "checkpoint_last.pt", broken]
+    out = tmp_path / "scores.json"
+    command = [sys.executable, "-m", "ssl_mi_callback.cli", "score", *map(str, checkpoints),
+               "--data", str(corpus / "heldout.tsv"), "--labels", str(corpus / "heldout.phn"), "--max-seconds", "60",
+               "--settings-from", str(wav2vec2_run.save_dir / "mi_history.jsonl"), "--layers", "1,2", "--json", str(out)]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stderr[-3000:]  # one checkpoint failed, the others are scored
+    scores = json.loads(out.read_text())
+    best, last, failed = scores["checkpoints"]
+    assert failed["status"] == "failed" and failed["error"] and failed["checkpoint"] == str(broken)
+    assert best["step"] == max(by_step, key=lambda step: (by_step[step], step)) and last["step"] == 150
+    for record in (best, last):
+        assert record["status"] == "ok" and record["settings"]["clusters"] == 16
+        assert math.isclose(record["metrics"]["mi_bits"], by_step[record["step"]], abs_tol=1e-4)
+        for layer in ("1", "2"):
+            supervised = record["supervised"]["layers"][layer]
+            assert 0.0 < supervised["accuracy"] <= 1.0 and supervised["n_classes"] <= 40
+            assert record["metrics"][f"phone_accuracy_l{layer}"] == round(supervised["accuracy"], 4)
+        assert record["supervised"]["skipped"] == {"no_labels": 0, "frame_mismatch": 0}
+    assert scores["ranking"][0] == max((best, last), key=lambda r: (r["metrics"]["mi_bits"], r["step"]))["checkpoint"]
+    assert "rank  checkpoint" in done.stdout and "phone acc" in done.stdout and "failed: " in done.stdout

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import require
+from gloo_workers import run_in_gloo_processes
 
 CASES = {
     # 9 held-out utterances cropped to whole seconds -> 5 batches: rank 0 runs 3, rank 1 runs 2
@@ -34,10 +35,7 @@ def _evaluator(heldout, case, rank=0, world_size=1):
     return Evaluator(config, subset, FairseqMaskedPredictionAdapter(), rank=rank, world_size=world_size)
 
 
-def _worker(rank, world_size, port, heldout, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    torch.set_num_threads(1)
+def _worker(rank, world_size, heldout, out_dir):
     from test_evaluator import tiny_wav2vec2
 
     from ssl_mi_callback.callback import MICallback
@@ -55,8 +53,6 @@ def _worker(rank, world_size, port, heldout, out_dir):
         results[case] = {key: record.get(key) for key in ("status", "error", "metrics", "distributed")}
     with open(f"{out_dir}/rank{rank}.json", "w") as handle:
         json.dump(results, handle)
-    torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
-    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +62,7 @@ def heldout(tiny_corpus):
 
 
 def test_uneven_shards_empty_rank_and_one_failing_rank(heldout, tmp_path):
-    port = 29100 + os.getpid() % 300
-    torch.multiprocessing.spawn(_worker, args=(2, port, heldout, str(tmp_path)), nprocs=2)
+    run_in_gloo_processes(_worker, (heldout, str(tmp_path)))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     from test_evaluator import tiny_wav2vec2
@@ -139,12 +134,12 @@ def test_two_process_training_with_an_empty_rank_writes_only_on_rank_0(speech_co
 
     # one process scoring the same weights with the same settings gets the same value
     from ssl_mi_callback.evaluator import EvaluationConfig
-    from ssl_mi_callback.integrations.fairseq.offline import score_checkpoint
+    from ssl_mi_callback.scoring import load_fairseq, score_checkpoint
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = score_checkpoint(save_dir / "checkpoint_last.pt", subset, EvaluationConfig.from_settings(history[-1]["settings"]))
+        single = score_checkpoint(str(save_dir / "checkpoint_last.pt"), load_fairseq, subset, EvaluationConfig.from_settings(history[-1]["settings"]))
     finally:
         torch.set_num_threads(threads)
     assert single["step"] == 100

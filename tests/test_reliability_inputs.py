@@ -189,15 +189,17 @@ def test_sidecar_reader_accepts_only_a_sidecar_that_describes_the_file(tmp_path,
                                 st.text(alphabet="0123456789 -\t.a", max_size=30)), max_size=10))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_frame_label_reader_returns_one_int_array_per_line_or_raises(tmp_path, lines):
-    """Never a wrong number: one int64 array per line with exactly the integers written, or an error.
-    (Found by this fuzz: an integer beyond int64 raises OverflowError rather than ValueError.)"""
+    """Never a wrong number: one int64 array per line with exactly the class ids written, or a one-line
+    ValueError naming the first token that is not a class id (a non-negative integer below 1e9).
+    (Found by this fuzz: an integer beyond int64 raised OverflowError; negative ids were accepted.)"""
     from ssl_mi_callback.corpus import read_labels
 
     (tmp_path / "split.phn").write_text("\n".join(lines) + ("\n" if lines else ""))
     try:
         labels = read_labels(tmp_path, "split")
-    except (ValueError, OverflowError):
-        assert any(not re.fullmatch(r"-?\d{1,18}", token) for line in lines for token in line.split())
+    except ValueError as error:
+        assert "\n" not in str(error) and "is not a class id" in str(error)
+        assert any(not re.fullmatch(r"0*\d{1,9}", token) for line in lines for token in line.split())
     else:
         assert len(labels) == len(lines)
         for array, line in zip(labels, lines):

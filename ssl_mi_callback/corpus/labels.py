@@ -6,12 +6,13 @@ from typing import List, Tuple
 
 import numpy as np
 
+from ..labels import parse_label_lines
+
 
 def read_labels(corpus_dir, split: str) -> List[np.ndarray]:
     """Frame labels of ``split``: one int64 array per utterance, in manifest order."""
     path = Path(corpus_dir) / f"{split}.phn"
-    with open(path, encoding="utf-8") as handle:
-        return [np.array(line.split(), dtype=np.int64) for line in handle.read().splitlines()]
+    return parse_label_lines(path.read_text(encoding="utf-8"), str(path))
 
 
 def read_alignment(corpus_dir, uid: str) -> List[Tuple[int, int, str, str]]:

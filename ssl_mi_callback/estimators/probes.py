@@ -187,8 +187,9 @@ class LinearProbe(_Probe):
     ``weight_decays`` (strongest first), each fit warm-started from the previous one and run to
     convergence (``lbfgs_iter`` L-BFGS iterations at most, gradient tolerance ``tolerance``); the path
     stops after ``patience`` grid points without a lower summed held-out cross-entropy. The probe is
-    then refitted on all frames with the chosen wd (``weight_decay_`` afterwards; ``inf`` means the
-    marginal won, i.e. the input was not worth a single weight). A number fixes wd instead (no
+    then refitted on all frames with the chosen wd, starting from the folds' mean solution there
+    (``weight_decay_`` afterwards; ``inf`` means the marginal won, i.e. the input was not worth a
+    single weight). A number fixes wd instead (no
     cross-validation). ``max_steps`` and ``validation_fraction`` are accepted for compatibility and
     unused.
     """
@@ -246,17 +247,20 @@ class LinearProbe(_Probe):
             grid = [float(value) for value in self.weight_decays]
             if not grid or any(not value > 0 for value in grid) or grid != sorted(grid, reverse=True):
                 raise EstimatorInputError("weight_decays must be positive numbers, strongest first")
-            self.cv_bits_, best = self._cross_validate(x, y, groups, n_classes, grid)
-            path = grid[:best]  # best = 0: the marginal
+            self.cv_bits_, best, fold_solutions = self._cross_validate(x, y, groups, n_classes, grid)
+            strength = grid[best - 1] if best else None  # best = 0: the marginal
         else:
             if not float(self.weight_decay) >= 0:
                 raise EstimatorInputError(f"weight_decay must be 'auto' or a number >= 0, got {self.weight_decay!r}")
-            self.cv_bits_, path = [], [float(self.weight_decay)]
+            self.cv_bits_, strength, fold_solutions = [], float(self.weight_decay), []
         weight, bias = self._marginal(y, n_classes, x.shape[1])
         n_iter = 0
-        for strength in path:  # warm-started path to the chosen strength, as in cross-validation
+        if strength is not None:
+            if fold_solutions:  # start at the folds' mean solution: the objective is strictly convex, so
+                weight = torch.stack([w for w, _ in fold_solutions]).mean(0)  # only the cost changes
+                bias = torch.stack([b for _, b in fold_solutions]).mean(0)
             weight, bias, n_iter = self._solve(x, y, n_classes, strength, weight, bias)
-        self.weight_decay_ = path[-1] if path else math.inf
+        self.weight_decay_ = strength if strength is not None else math.inf
         self.n_iter_ = n_iter
         model = nn.utils.skip_init(nn.Linear, x.shape[1], n_classes)
         with torch.no_grad():
@@ -304,9 +308,9 @@ class LinearProbe(_Probe):
 
     def _cross_validate(
         self, x: Tensor, y: Tensor, groups: Tensor, n_classes: int, grid: List[float]
-    ) -> Tuple[List[float], int]:
+    ) -> Tuple[List[float], int, List[Tuple[Tensor, Tensor]]]:
         """Held-out cross-entropy (bits per frame, over all folds) along the path; index of the best
-        (0 = the marginal, i = grid[i - 1])."""
+        (0 = the marginal, i = grid[i - 1]); the folds' (weight, bias) at the best."""
         held_out = _group_folds(groups, check_int(self.folds, "folds", 2), make_generator(self.seed, "probe-folds"))
         states = [self._marginal(y[~part], n_classes, x.shape[1]) for part in held_out]
 
@@ -318,7 +322,7 @@ class LinearProbe(_Probe):
             return total / x.shape[0] / math.log(2.0)
 
         curve = [score()]
-        best, waited = 0, 0
+        best, waited, best_states = 0, 0, states
         for index, strength in enumerate(grid, start=1):
             states = [
                 self._solve(x[~part], y[~part], n_classes, strength, weight, bias)[:2]
@@ -326,12 +330,12 @@ class LinearProbe(_Probe):
             ]
             curve.append(score())
             if curve[-1] < curve[best] - 1e-6:
-                best, waited = index, 0
+                best, waited, best_states = index, 0, states
             else:
                 waited += 1
                 if waited >= self.patience:
                     break
-        return curve, best
+        return curve, best, best_states
 
 
 def _group_folds(groups: Tensor, folds: int, generator: torch.Generator) -> List[Tensor]:

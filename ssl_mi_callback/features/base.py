@@ -15,11 +15,28 @@ class UnsupportedModelError(ValueError):
     """The model does not fit the adapter (the message says what is missing)."""
 
 
+VIEW_PAIRS = ("masked", "past_future")
+"""The two view pairs: ``masked`` -- Za from the masked input, Zb from the unmasked input at the same
+(masked) frames (masked-prediction models); ``past_future`` -- Za at frame t and Zb at frame t + k of
+one unmasked, causal forward (autoregressive models such as APC)."""
+
+MASK_PLACEMENTS = ("feature", "waveform")
+"""Where an adapter puts the mask of the masked view: ``feature`` -- the model's own mask embedding
+replaces the masked frames' features before the context network; ``waveform`` -- the samples under the
+masked frames are set to zero before the model sees them (models without a mask embedding)."""
+
+
 @runtime_checkable
 class FeatureAdapter(Protocol):
-    """What the evaluator needs from a model family."""
+    """What the evaluator needs from a model family.
+
+    ``default_views`` is the view pair used when the evaluation setting ``views`` is ``auto``
+    (one of :data:`VIEW_PAIRS`); ``mask_placement`` documents how the masked view is made.
+    """
 
     name: str
+    default_views: str
+    mask_placement: str
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise :class:`UnsupportedModelError` with a one-line reason if ``model`` does not fit."""
@@ -29,6 +46,11 @@ class FeatureAdapter(Protocol):
 
     def num_frames(self, model: torch.nn.Module, num_samples: int) -> int:
         """Frames the model yields for an unpadded waveform of ``num_samples`` samples."""
+
+    def extract(
+        self, model: torch.nn.Module, waveforms: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Unmasked features ``{layer: [B, F, D]}`` of equal-length ``waveforms`` [B, S], one forward."""
 
     def extract_views(
         self,

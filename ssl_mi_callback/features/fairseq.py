@@ -29,6 +29,8 @@ class FairseqMaskedPredictionAdapter:
     """wav2vec 2.0 / HuBERT / data2vec audio from fairseq 0.12.2; layers are transformer blocks 1..L."""
 
     name = "fairseq"
+    default_views = "masked"
+    mask_placement = "feature"
 
     def check(self, model: torch.nn.Module) -> None:
         model = _unwrap(model)
@@ -53,6 +55,19 @@ class FairseqMaskedPredictionAdapter:
                 frames = (frames - module.kernel_size[0]) // module.stride[0] + 1
         return max(frames, 0)
 
+    def _frontend(self, model: torch.nn.Module, waveforms: torch.Tensor) -> torch.Tensor:
+        """CNN features -> layer norm -> projection: the context network's input [B, F, C]."""
+        parameter = next(model.parameters())
+        source = waveforms.to(device=parameter.device, dtype=parameter.dtype)  # fp16/bf16 weights
+        features = model.layer_norm(model.feature_extractor(source).transpose(1, 2))
+        if getattr(model, "post_extract_proj", None) is not None:
+            features = model.post_extract_proj(features)
+        return features
+
+    def extract(self, model: torch.nn.Module, waveforms: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        model = _unwrap(model)
+        return self._encode(model, self._frontend(model, waveforms), layers)
+
     def extract_views(
         self,
         model: torch.nn.Module,
@@ -61,12 +76,7 @@ class FairseqMaskedPredictionAdapter:
         layers: Sequence[int],
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         model = _unwrap(model)
-        parameter = next(model.parameters())
-        source = waveforms.to(device=parameter.device, dtype=parameter.dtype)  # fp16/bf16 weights
-        features = model.feature_extractor(source).transpose(1, 2)  # once for both views
-        features = model.layer_norm(features)
-        if getattr(model, "post_extract_proj", None) is not None:
-            features = model.post_extract_proj(features)
+        features = self._frontend(model, waveforms)  # once for both views
         mask = frame_mask.to(features.device).unsqueeze(-1)
         masked = torch.where(mask, model.mask_emb.to(features.dtype), features)
         return self._encode(model, masked, layers), self._encode(model, features, layers)

@@ -1,4 +1,4 @@
-"""Score saved fairseq checkpoints with exactly the evaluation the training hook runs."""
+"""Load saved fairseq checkpoints for offline scoring (see :mod:`ssl_mi_callback.scoring`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +10,6 @@ from . import compat
 
 compat.apply()
 
-from ...data import HeldOutSubset  # noqa: E402
-from ...evaluator import EvaluationConfig, Evaluator  # noqa: E402
-from ...features.fairseq import FairseqMaskedPredictionAdapter  # noqa: E402
 
 
 def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
@@ -31,16 +28,3 @@ def checkpoint_update(path: Union[str, Path]) -> Optional[int]:
 
     history = load_checkpoint(path, mmap=True).get("optimizer_history") or [{}]
     return history[-1].get("num_updates")
-
-
-def score_checkpoint(
-    path: Union[str, Path],
-    subset: HeldOutSubset,
-    config: EvaluationConfig,
-    device: Union[str, torch.device] = "cpu",
-) -> dict:
-    """One evaluation record for the checkpoint at ``path`` (plus its ``checkpoint`` and ``step``)."""
-    model = load_model(path, device)
-    record = Evaluator(config, subset, FairseqMaskedPredictionAdapter()).evaluate(model)
-    record.update(checkpoint=str(path), step=checkpoint_update(path))
-    return record

@@ -1,0 +1,311 @@
+"""MILightningCallback in real Lightning training: a tiny torchaudio HuBERT (HuBERTPretrainModel) learns
+to predict the generated corpus's 20 ms phone ids from masked speech (HuBERT's masked-prediction loss)
+on CPU, with the MI evaluated at every validation; ModelCheckpoint and EarlyStopping monitor
+``mi_bits`` unchanged, and a resumed run continues the callback's best-so-far and history."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require
+
+VAL_EVERY = 5
+CONV = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # 20 ms frames, like the corpus's .phn labels
+CHUNK_FRAMES = 49  # 1 s: (16000 - 400) // 320 + 1
+
+
+def tiny_hubert(num_classes: int, seed: int = 0) -> torch.nn.Module:
+    from torchaudio.models import hubert_pretrain_model
+
+    torch.manual_seed(seed)
+    return hubert_pretrain_model(
+        extractor_mode="group_norm", extractor_conv_layer_config=CONV, extractor_conv_bias=False,
+        encoder_embed_dim=32, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4,
+        encoder_num_layers=2, encoder_num_heads=2, encoder_attention_dropout=0.0, encoder_ff_interm_features=64,
+        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False, encoder_layer_drop=0.0,
+        mask_prob=0.5, mask_selection="static", mask_other=0.0, mask_length=5, no_mask_overlap=False,
+        mask_min_space=1, mask_channel_prob=0.0, mask_channel_selection="static", mask_channel_other=0.0,
+        mask_channel_length=10, no_mask_channel_overlap=False, mask_channel_min_space=1, skip_masked=False,
+        skip_nomask=True, num_classes=num_classes, final_dim=16, feature_grad_mult=None,
+    )
+
+
+def phone_chunks(corpus: Path, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """1-s chunks of a corpus split with their 20 ms phone ids (the .phn line of the same manifest entry)."""
+    from ssl_mi_callback.data import load_heldout
+
+    manifest = (corpus / f"{split}.tsv").read_text().splitlines()[1:]
+    labels = {
+        line.split("\t")[0]: [int(p) for p in phn.split()]
+        for line, phn in zip(manifest, (corpus / f"{split}.phn").read_text().splitlines())
+    }
+    chunks = []
+    for utterance in load_heldout(corpus / f"{split}.tsv").utterances:
+        phones = labels[utterance.uid]
+        for start in range(0, len(phones) - CHUNK_FRAMES + 1, CHUNK_FRAMES):
+            samples = utterance.waveform[start * 320 : start * 320 + 16000]
+            if samples.shape[0] == 16000:
+                chunks.append((torch.from_numpy(samples), torch.tensor(phones[start : start + CHUNK_FRAMES])))
+    return chunks
+
+
+def make_module(corpus: Path):
+    import lightning.pytorch as pl
+    import torch.nn.functional as F
+
+    class TinyHuBERT(pl.LightningModule):
+        """HuBERT pretraining on phone-id targets: cross-entropy of the masked frames' logits."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = tiny_hubert(num_classes=len((corpus / "phones.txt").read_text().split()))
+
+        def _loss(self, batch):
+            waveforms, labels = batch
+            logit_m, _, feature_penalty = self.model(waveforms, labels)
+            positive_first = torch.zeros(logit_m.shape[0], dtype=torch.long)
+            return F.cross_entropy(logit_m, positive_first) + 10.0 * feature_penalty
+
+        def training_step(self, batch, batch_idx):
+            loss = self._loss(batch)
+            self.log("train_loss", loss, batch_size=batch[0].shape[0])
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self._loss(batch), batch_size=batch[0].shape[0])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+        def train_dataloader(self):
+            generator = torch.Generator().manual_seed(0)
+            return torch.utils.data.DataLoader(phone_chunks(corpus, "train"), batch_size=4, shuffle=True, generator=generator)
+
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(phone_chunks(corpus, "valid"), batch_size=4)
+
+    return TinyHuBERT()
+
+
+def make_mi_callback(subset, history: str = "mi_history.jsonl", **kwargs):
+    """History relative to the trainer's default_root_dir (the default, and what keeps resume portable)."""
+    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
+    from ssl_mi_callback.features.torchaudio import TorchaudioWav2Vec2Adapter
+    from ssl_mi_callback.integrations.lightning import MILightningCallback
+
+    config = EvaluationConfig(clusters=8, bootstrap=20, mask_length=2, mask_prob=0.3, layers=(1, 2), baselines=False)
+    return MILightningCallback(Evaluator(config, subset, TorchaudioWav2Vec2Adapter()), history_path=history, **kwargs)
+
+
+def make_trainer(tmp_path: Path, max_steps: int, callbacks: list, logger=False):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        max_steps=max_steps, accelerator="cpu", devices=1, callbacks=callbacks, logger=logger,
+        val_check_interval=VAL_EVERY, check_val_every_n_epoch=None, limit_val_batches=1, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+
+
+def read_history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def newest_best(records: list[dict]) -> dict:
+    """The selector's rule: highest mi_bits, a tie going to the newer evaluation."""
+    scored = [r for r in records if r["status"] == "ok"]
+    return max(reversed(scored), key=lambda r: r["metrics"]["mi_bits"])
+
+
+@pytest.fixture(scope="module")
+def subset(tiny_corpus):
+    """Every utterance the model does not train on (heldout, probe_train, probe_test; about 45 s): with
+    less, the tiny model's bound is mostly 0 and ties would decide the checkpoint tests."""
+    require("lightning", "torchaudio")
+    from ssl_mi_callback.data import load_heldout
+
+    paths = [
+        tiny_corpus / line.split("\t")[0]
+        for split in ("heldout", "probe_train", "probe_test")
+        for line in (tiny_corpus / f"{split}.tsv").read_text().splitlines()[1:]
+    ]
+    return load_heldout(paths)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_corpus, subset, tmp_path_factory):
+    """30 steps, MI at every validation (every 5 steps), the best checkpoint by mi_bits, every validation's
+    checkpoint and a CSV log."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    tmp_path = tmp_path_factory.mktemp("lightning_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pl.seed_everything(0, verbose=False)
+        mi = make_mi_callback(subset)
+        best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="mi_bits", mode="max", save_top_k=1)
+        every = ModelCheckpoint(dirpath=tmp_path / "every", filename="{step}", save_top_k=-1)
+        trainer = make_trainer(tmp_path, 30, [mi, best, every], logger=CSVLogger(tmp_path, name="csv"))
+        trainer.fit(make_module(tiny_corpus))
+    finally:
+        torch.set_num_threads(threads)
+    return dict(tmp_path=tmp_path, mi=mi, best=best, trainer=trainer)
+
+
+def test_model_checkpoint_keeps_the_best_mi_evaluation(first_run):
+    tmp_path, mi, best = first_run["tmp_path"], first_run["mi"], first_run["best"]
+    records = read_history(tmp_path / "mi_history.jsonl")
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    assert all(r["status"] == "ok" and r["settings"]["adapter"] == "torchaudio" for r in records)
+    scores = [r["metrics"]["mi_bits"] for r in records]
+    assert scores.count(max(scores)) == 1 and max(scores) > 0.05  # the MI moved; no tie decides the test
+    history_best = newest_best(records)
+    assert mi.best["step"] == history_best["step"]
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == history_best["step"]
+    assert best.best_model_score.item() == pytest.approx(history_best["metrics"]["mi_bits"], abs=1e-6)
+    # the callback's state travels in the checkpoint: its best at that step is that evaluation
+    (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("MILightningCallback")]
+    assert state["selector"]["best"]["step"] == history_best["step"]
+
+
+def test_mi_and_per_layer_metrics_reach_lightnings_logger(first_run):
+    tmp_path, trainer = first_run["tmp_path"], first_run["trainer"]
+    records = {r["step"]: r["metrics"] for r in read_history(tmp_path / "mi_history.jsonl")}
+    assert trainer.callback_metrics["mi_bits"].item() == pytest.approx(records[30]["mi_bits"], abs=1e-6)
+    (metrics_csv,) = (tmp_path / "csv").rglob("metrics.csv")
+    logged = {}
+    for row in csv.DictReader(metrics_csv.open()):
+        if row.get("mi_bits"):
+            logged[int(row["step"]) + 1] = row  # Lightning logs validation-end values at global_step - 1
+    assert sorted(logged) == sorted(records)
+    for step, metrics in records.items():
+        for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2", "h_c_bits_l2", "ce_bits_l1"):
+            assert float(logged[step][key]) == pytest.approx(metrics[key], abs=1e-6), (step, key)
+
+
+def test_resume_restores_the_best_so_far_and_continues_the_history(first_run, tiny_corpus, subset, tmp_path,
+                                                                  one_torch_thread, caplog):
+    """Resume from the step-15 checkpoint of a run that went on to step 30 (as after a crash): the callback
+    starts with the best of steps 5-15, the history drops steps 20-30 and continues without gaps."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    first_records = read_history(first_run["tmp_path"] / "mi_history.jsonl")
+    shutil.copy(first_run["tmp_path"] / "mi_history.jsonl", tmp_path / "mi_history.jsonl")
+    expected_start = newest_best([r for r in first_records if r["step"] <= 15])
+
+    class BestAtStart(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.best = mi.best
+
+    pl.seed_everything(0, verbose=False)
+    mi = make_mi_callback(subset)
+    spy = BestAtStart()
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="mi_bits", mode="max")
+    trainer = make_trainer(tmp_path, 40, [mi, spy, best])
+    with caplog.at_level("WARNING", logger="ssl_mi_callback"):
+        trainer.fit(make_module(tiny_corpus), ckpt_path=first_run["tmp_path"] / "every" / "step=15.ckpt")
+    assert spy.best["step"] == expected_start["step"]
+    assert spy.best["metrics"] == expected_start["metrics"]
+    records = read_history(tmp_path / "mi_history.jsonl")
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert records[:3] == first_records[:3]
+    assert mi.best["step"] == newest_best(records)["step"]
+    assert not [r for r in caplog.records if r.name.startswith("ssl_mi_callback")]  # e.g. "not recorded"
+    # the resumed run's checkpoints compete only among its own evaluations (steps 20-40)
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == newest_best(records[3:])["step"]
+
+
+def test_every_n_train_steps_with_a_step_checkpoint(first_run, tiny_corpus, subset, tmp_path, one_torch_thread):
+    """every_n_train_steps=10 (validation still runs every 5 steps, without evaluating): ModelCheckpoint
+    (every_n_train_steps=10, monitor='mi_bits') keeps the best; the values equal the first run's at the
+    same steps, because an evaluation changes neither the weights nor any random state of training."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0, verbose=False)
+    mi = make_mi_callback(subset, evaluate_on_validation=False, every_n_train_steps=10)
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="mi_bits", mode="max", every_n_train_steps=10)
+    make_trainer(tmp_path, 30, [mi, best]).fit(make_module(tiny_corpus))
+    records = read_history(tmp_path / "mi_history.jsonl")
+    assert [r["step"] for r in records] == [10, 20, 30]
+    first = {r["step"]: r["metrics"]["mi_bits"] for r in read_history(first_run["tmp_path"] / "mi_history.jsonl")}
+    for record in records:
+        assert record["metrics"]["mi_bits"] == pytest.approx(first[record["step"]], abs=1e-4)
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == newest_best(records)["step"] == mi.best["step"]
+
+
+def test_early_stopping_on_mi_bits(tiny_corpus, subset, tmp_path, one_torch_thread):
+    """EarlyStopping(monitor='mi_bits', mode='max', patience=1) stops at the first evaluation that does
+    not beat the best, exactly where the history says."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    pl.seed_everything(0, verbose=False)
+    mi = make_mi_callback(subset, model="model")
+    stopper = EarlyStopping(monitor="mi_bits", mode="max", patience=1)
+    trainer = make_trainer(tmp_path, 60, [mi, stopper])
+    trainer.fit(make_module(tiny_corpus))
+    records = read_history(tmp_path / "mi_history.jsonl")
+    best, expected_stop = -math.inf, None
+    for record in records:
+        if record["metrics"]["mi_bits"] > best:
+            best = record["metrics"]["mi_bits"]
+        else:
+            expected_stop = record["step"]
+            break
+    assert expected_stop is not None and expected_stop < 60, [r["metrics"]["mi_bits"] for r in records]
+    assert trainer.global_step == expected_stop == records[-1]["step"]
+    assert stopper.best_score.item() == pytest.approx(best, abs=1e-6)
+
+
+def test_failed_evaluations_never_end_the_run(tiny_corpus, subset, tmp_path, one_torch_thread):
+    """Held-out audio that turns into NaN features: every evaluation fails, is recorded as failed and logs a
+    finite mi_bits far below any bound; ModelCheckpoint and EarlyStopping (check_finite) train on."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from ssl_mi_callback.data import Utterance
+    from ssl_mi_callback.integrations.lightning import FAILED_MI_BITS
+
+    broken = list(subset.utterances)
+    first = broken[0]
+    broken[0] = Utterance(first.index, first.uid, np.full_like(first.waveform, np.nan), first.path)
+    mi = make_mi_callback(dataclasses.replace(subset, utterances=broken), "h.jsonl", model=lambda m: m.model)
+    pl.seed_everything(0, verbose=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="mi_bits", mode="max")
+    trainer = make_trainer(tmp_path, 10, [mi, checkpoint, EarlyStopping(monitor="mi_bits", mode="max", patience=3)])
+    trainer.fit(make_module(tiny_corpus))
+    assert trainer.global_step == 10
+    records = read_history(tmp_path / "h.jsonl")
+    assert [(r["step"], r["status"]) for r in records] == [(5, "failed"), (10, "failed")]
+    assert "non-finite features" in records[0]["error"]
+    assert trainer.callback_metrics["mi_bits"].item() == pytest.approx(FAILED_MI_BITS)
+    assert mi.best is None
+
+
+def test_misconfiguration_stops_before_training(tiny_corpus, subset, tmp_path, one_torch_thread):
+    module = make_module(tiny_corpus)
+    with pytest.raises(ValueError, match="has no attribute 'encoder'"):
+        make_trainer(tmp_path, 5, [make_mi_callback(subset, "a.jsonl", model="encoder")]).fit(module)
+    module.net = module.model
+    del module.model
+    with pytest.raises(ValueError, match="no model the torchaudio adapter accepts in TinyHuBERT"):
+        make_trainer(tmp_path, 5, [make_mi_callback(subset, "b.jsonl")]).fit(module)
+    with pytest.raises(ValueError, match="would never evaluate"):
+        make_mi_callback(subset, evaluate_on_validation=False)
+    assert not any(tmp_path.glob("*.jsonl"))
