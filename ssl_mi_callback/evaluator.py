@@ -38,6 +38,7 @@ class EvaluationConfig:
     clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
     probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
     views: str = field(default="auto", metadata={"help": "view pair: 'masked' (Za masked input, Zb unmasked, at the masked frames), 'past_future' (Za at frame t, Zb at frame t+future_offset; causal models such as APC) or 'auto' (the adapter's default)"})
+    centering: str = field(default="none", metadata={"help": "'utterance': subtract each utterance's mean feature from both views before k-means and the probe (removes voice/channel structure shared by the views); 'none': raw features (the paper)"})
     future_offset: int = field(default=3, metadata={"help": "k of the past_future views in frames (3 frames = 60 ms at 20 ms frames)"})
     mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view"})
     mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
@@ -61,6 +62,8 @@ class EvaluationConfig:
             raise ValueError(f"clusters must be >= 2, got {self.clusters}")
         if self.views not in ("auto", *VIEW_PAIRS):
             raise ValueError(f"views must be 'auto', {', '.join(repr(v) for v in VIEW_PAIRS)}; got {self.views!r}")
+        if self.centering not in ("none", "utterance"):
+            raise ValueError(f"centering must be 'none' or 'utterance', got {self.centering!r}")
         if self.future_offset < 1:
             raise ValueError(f"future_offset must be >= 1 frame, got {self.future_offset}")
         if self.probe not in ("linear", "mlp"):
@@ -308,8 +311,11 @@ class Evaluator:
         baseline_seconds = 0.0
         for layer, (za, zb) in features.items():
             za, zb, layer_groups = za.to(device), zb.to(device), groups.to(device)
+            mi_za, mi_zb = za, zb
+            if self.config.centering == "utterance":
+                mi_za, mi_zb = estimators.center_by_group(za, layer_groups), estimators.center_by_group(zb, layer_groups)
             result = estimators.unsupervised_mi(
-                za, zb, layer_groups,
+                mi_za, mi_zb, layer_groups,
                 clusters=self.config.clusters, probe=self.config.probe, seed=self.config.estimator_seed,
                 fit_fraction=self.config.fit_fraction, bootstrap=self.config.bootstrap,
             ).to_dict()

@@ -4,6 +4,7 @@
 sidecar) and ``selection.selector`` (best-so-far, patience, state_dict for resume).
 """
 from .selection import (
+    OLDER_WINS_TIES,
     CheckpointSelector,
     Decision,
     HistoryCorruptError,
@@ -17,6 +18,7 @@ from .selection import (
 )
 
 __all__ = [
+    "OLDER_WINS_TIES",
     "CheckpointSelector",
     "Decision",
     "HistoryCorruptError",

@@ -62,3 +62,15 @@ def test_kmeans_inertia_baseline_matches_sklearn():
     x = make_blobs(2000, 10, centers=12, random_state=3)[0].astype(np.float32)
     reference = KMeans(12, n_init=3, random_state=0).fit(x).inertia_ / len(x)
     assert kmeans_inertia(x, clusters=12) == pytest.approx(reference, rel=0.01)
+
+
+def test_center_by_group_removes_each_utterances_mean():
+    import torch
+
+    from ssl_mi_callback.estimators import center_by_group
+
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [10.0, 0.0], [7.0, 7.0], [4.0, -1.0]])
+    groups = torch.tensor([5, 5, 9, 2, 9])
+    centered = center_by_group(x, groups)
+    assert centered.tolist() == [[-1.0, -2.0], [1.0, 2.0], [3.0, 0.5], [0.0, 0.0], [-3.0, -0.5]]
+    assert centered.dtype == x.dtype

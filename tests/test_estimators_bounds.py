@@ -254,3 +254,37 @@ def test_small_sample_bias_on_an_informative_case(two_views):
         assert result.ci95_bits[0] <= truth
         values.append(result.mi_bits)
     assert truth - 0.3 < np.mean(values) <= truth, (truth, values)
+
+
+def test_jackknife_is_skipped_for_few_utterances_and_capped_by_the_entropy():
+    """Regression (selection benchmark): a class seen in one eval utterance but predicted only on
+    another made the leave-one-out qbar vanish, and the correction reached -431 bits."""
+    from ssl_mi_callback.estimators.bounds import JACKKNIFE_MIN_UTTERANCES, _bound_on_eval
+
+    def pathological(n_utterances):
+        # utterance 0 holds the only class-1 frames; the probe predicts class 1 only on utterance 1
+        targets = torch.tensor([int(u == 0) for u in range(n_utterances) for _ in range(20)])
+        groups = torch.tensor([u for u in range(n_utterances) for _ in range(20)])
+        predicted = torch.tensor([int(u == 1) for u in range(n_utterances) for _ in range(20)])
+        return torch.log_softmax(torch.nn.functional.one_hot(predicted, 2).double() * 30.0, dim=1), targets, groups
+
+    few = _bound_on_eval(*pathological(JACKKNIFE_MIN_UTTERANCES - 1), bootstrap=0, seed=0)
+    assert few.bias_correction == 0.0 and EvalStatistics.from_frames(*pathological(4)).jackknife_bias() != 0.0
+    many = _bound_on_eval(*pathological(6), bootstrap=0, seed=0)
+    uncapped = -EvalStatistics.from_frames(*pathological(6)).jackknife_bias()
+    assert abs(uncapped) > many.plugin_entropy  # the cap is what keeps it in range here
+    assert many.bias_correction == pytest.approx(-many.plugin_entropy)
+
+
+def test_utterance_centering_removes_information_that_is_constant_over_an_utterance():
+    """Views that share only a per-utterance offset (a 'voice') carry MI about it; centred, about 0."""
+    from ssl_mi_callback.estimators import center_by_group
+
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.arange(60).repeat_interleave(40)
+    voice = torch.randn(60, 16, generator=generator)[groups] * 3.0
+    za = voice + torch.randn(groups.shape[0], 16, generator=generator)
+    zb = voice + torch.randn(groups.shape[0], 16, generator=generator)
+    raw = unsupervised_mi(za, zb, groups, clusters=8, bootstrap=0)
+    centred = unsupervised_mi(center_by_group(za, groups), center_by_group(zb, groups), groups, clusters=8, bootstrap=0)
+    assert raw.mi_bits > 1.0 and abs(centred.mi_bits) < 0.05

@@ -182,3 +182,4 @@ def test_score_command_reproduces_the_hook_and_adds_the_phone_probe(wav2vec2_run
         assert record["supervised"]["skipped"] == {"no_labels": 0, "frame_mismatch": 0}
     assert scores["ranking"][0] == max((best, last), key=lambda r: (r["metrics"]["mi_bits"], r["step"]))["checkpoint"]
     assert "rank  checkpoint" in done.stdout and "phone acc" in done.stdout and "failed: " in done.stdout
+    assert "MI hook inactive" not in done.stderr  # loading MI-task checkpoints to score them is expected

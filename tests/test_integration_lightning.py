@@ -119,10 +119,10 @@ def read_history(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def newest_best(records: list[dict]) -> dict:
-    """The selector's rule: highest mi_bits, a tie going to the newer evaluation."""
+def history_best(records: list[dict]) -> dict:
+    """The callback's rule (ModelCheckpoint's): highest mi_bits, a tie keeping the older evaluation."""
     scored = [r for r in records if r["status"] == "ok"]
-    return max(reversed(scored), key=lambda r: r["metrics"]["mi_bits"])
+    return max(scored, key=lambda r: r["metrics"]["mi_bits"])
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +170,14 @@ def test_model_checkpoint_keeps_the_best_mi_evaluation(first_run):
     assert all(r["status"] == "ok" and r["settings"]["adapter"] == "torchaudio" for r in records)
     scores = [r["metrics"]["mi_bits"] for r in records]
     assert scores.count(max(scores)) == 1 and max(scores) > 0.05  # the MI moved; no tie decides the test
-    history_best = newest_best(records)
-    assert mi.best["step"] == history_best["step"]
+    best_record = history_best(records)
+    assert mi.best["step"] == best_record["step"]
     checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == history_best["step"]
-    assert best.best_model_score.item() == pytest.approx(history_best["metrics"]["mi_bits"], abs=1e-6)
+    assert checkpoint["global_step"] == best_record["step"]
+    assert best.best_model_score.item() == pytest.approx(best_record["metrics"]["mi_bits"], abs=1e-6)
     # the callback's state travels in the checkpoint: its best at that step is that evaluation
     (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("MILightningCallback")]
-    assert state["selector"]["best"]["step"] == history_best["step"]
+    assert state["selector"]["best"]["step"] == best_record["step"]
 
 
 def test_mi_and_per_layer_metrics_reach_lightnings_logger(first_run):
@@ -204,7 +204,7 @@ def test_resume_restores_the_best_so_far_and_continues_the_history(first_run, ti
 
     first_records = read_history(first_run["tmp_path"] / "mi_history.jsonl")
     shutil.copy(first_run["tmp_path"] / "mi_history.jsonl", tmp_path / "mi_history.jsonl")
-    expected_start = newest_best([r for r in first_records if r["step"] <= 15])
+    expected_start = history_best([r for r in first_records if r["step"] <= 15])
 
     class BestAtStart(Callback):
         def on_train_start(self, trainer, pl_module):
@@ -222,11 +222,11 @@ def test_resume_restores_the_best_so_far_and_continues_the_history(first_run, ti
     records = read_history(tmp_path / "mi_history.jsonl")
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert records[:3] == first_records[:3]
-    assert mi.best["step"] == newest_best(records)["step"]
+    assert mi.best["step"] == history_best(records)["step"]
     assert not [r for r in caplog.records if r.name.startswith("ssl_mi_callback")]  # e.g. "not recorded"
     # the resumed run's checkpoints compete only among its own evaluations (steps 20-40)
     checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == newest_best(records[3:])["step"]
+    assert checkpoint["global_step"] == history_best(records[3:])["step"]
 
 
 def test_every_n_train_steps_with_a_step_checkpoint(first_run, tiny_corpus, subset, tmp_path, one_torch_thread):
@@ -246,7 +246,7 @@ def test_every_n_train_steps_with_a_step_checkpoint(first_run, tiny_corpus, subs
     for record in records:
         assert record["metrics"]["mi_bits"] == pytest.approx(first[record["step"]], abs=1e-4)
     checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == newest_best(records)["step"] == mi.best["step"]
+    assert checkpoint["global_step"] == history_best(records)["step"] == mi.best["step"]
 
 
 def test_early_stopping_on_mi_bits(tiny_corpus, subset, tmp_path, one_torch_thread):

@@ -11,7 +11,7 @@ from .information import entropy_bits
 from .kmeans import OnlineKMeans, kmeans_plusplus
 from .probes import PROBES, LinearProbe, MLPProbe, make_probe
 from .reduce import ReduceFn, no_reduce
-from .splits import split_by_group
+from .splits import center_by_group, split_by_group
 from .validation import EstimatorInputError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "UnsupervisedMIResult",
     "basic_interval",
     "bound_interval",
+    "center_by_group",
     "davies_bouldin",
     "entropy_bits",
     "kmeans_inertia",

@@ -111,6 +111,13 @@ class SupervisedMIResult(MIResult):
     n_classes: int
 
 
+JACKKNIFE_MIN_UTTERANCES = 5
+"""The jackknife bias correction needs this many eval utterances; with fewer, leaving one out changes
+qbar wholesale (a class seen in one utterance, predicted in another) and the "correction" reached
+hundreds of bits on a collapsed model scored on 2 eval utterances (selection benchmark). Below it the
+bound is uncorrected; above it the correction is capped at the plug-in entropy of the eval targets."""
+
+
 @dataclass(frozen=True)
 class _EvalBound:
     mi: float  # jackknife-corrected bound, bits
@@ -124,7 +131,10 @@ def _bound_on_eval(log_proba_nats: Tensor, targets: Tensor, groups: Tensor, boot
     """The bound -mean log2 qbar(target) - CE on the eval frames with its jackknife bias correction over
     utterances, and the basic bootstrap interval over utterances."""
     statistics = EvalStatistics.from_frames(log_proba_nats, targets, groups)
-    correction = -statistics.jackknife_bias()
+    correction = 0.0
+    if statistics.n_utterances >= JACKKNIFE_MIN_UTTERANCES:
+        limit = statistics.plugin_entropy()  # a bias beyond the targets' entropy is leave-one-out noise
+        correction = min(max(-statistics.jackknife_bias(), -limit), limit)
     interval = None
     if bootstrap > 0:
         interval = bound_interval(statistics, bootstrap, make_generator(seed, "bootstrap"))

@@ -1,4 +1,4 @@
-"""Splits by utterance (group), never by frame."""
+"""Splits by utterance (group), never by frame, and per-utterance centring."""
 from __future__ import annotations
 
 from typing import Tuple
@@ -41,3 +41,16 @@ def split_by_group(
     order = torch.randperm(n_groups, generator=generator).to(unique.device)
     first = torch.isin(groups, unique[order[:n_first]])
     return first, ~first
+
+
+def center_by_group(x: Tensor, groups: Tensor) -> Tensor:
+    """``x`` [N, D] minus the mean of its group (utterance): x_i - mean_{j: g_j = g_i} x_j.
+
+    Removes what is constant over an utterance (voice, channel, loudness) from a view before k-means
+    and the probe, so the bound counts only structure that varies within utterances.
+    """
+    _, index = torch.unique(groups, return_inverse=True)
+    sums = torch.zeros(int(index.max()) + 1 if index.numel() else 0, x.shape[1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, index, x.double())
+    counts = torch.bincount(index, minlength=sums.shape[0]).to(sums.dtype)[:, None]
+    return (x.double() - (sums / counts)[index]).to(x.dtype)

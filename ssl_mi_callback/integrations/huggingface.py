@@ -66,13 +66,11 @@ from ..distributed import rank_and_world_size
 from ..evaluator import EvaluationConfig, Evaluator
 from ..features import resolve_layers
 from ..features.huggingface import HuggingFaceAdapter
-from ..selector import CheckpointSelector, SelectionConfig
+from ..selector import OLDER_WINS_TIES, CheckpointSelector, SelectionConfig
 
 logger = logging.getLogger("ssl_mi_callback.huggingface")
 
 METRIC = "mi_bits"
-TIE_MIN_DELTA = 1e-9
-"""Makes the selector keep the older evaluation on a tie, as the Trainer does (metrics are rounded to 1e-4)."""
 _OWN_SELECTION_METRIC = re.compile(r"(?:^|_)(mi_bits(?:_l\d+)?)$")
 
 
@@ -266,7 +264,7 @@ class MITrainerCallback(TrainerCallback, ExportableState):
         self.history_path = path if path.is_absolute() else Path(args.output_dir) / path
         monitor = selection_metric(args.metric_for_best_model) or METRIC
         selector = CheckpointSelector(
-            SelectionConfig(monitor=monitor, mode="max", min_delta=TIE_MIN_DELTA),
+            SelectionConfig(monitor=monitor, mode="max", min_delta=OLDER_WINS_TIES),
             history_path=self.history_path,
             is_writer=rank == 0,
         )

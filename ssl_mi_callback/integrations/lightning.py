@@ -36,7 +36,7 @@ import torch
 
 from ..callback import MICallback
 from ..evaluator import Evaluator
-from ..selector import CheckpointSelector, SelectionConfig
+from ..selector import OLDER_WINS_TIES, CheckpointSelector, SelectionConfig
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
@@ -103,7 +103,7 @@ class MILightningCallback(Callback):
             )
         if model is not None and not (isinstance(model, str) and model) and not callable(model):
             raise ValueError(f"model must be None, an attribute name or a function LightningModule -> model, got {model!r}")
-        selection = selection if selection is not None else SelectionConfig()
+        selection = selection if selection is not None else SelectionConfig(min_delta=OLDER_WINS_TIES)  # as ModelCheckpoint
         selection.validate()
         self.evaluator = evaluator
         self.history_path = history_path

@@ -20,6 +20,12 @@ _STATE_FORMAT = 1
 _STATE_KEYS = ("format", "config", "best", "last_step", "evaluations", "evaluations_since_best")
 
 
+OLDER_WINS_TIES = 1e-9
+"""A ``min_delta`` that makes a tie keep the older evaluation -- the rule of Lightning's
+``ModelCheckpoint`` and the Hugging Face ``Trainer`` -- while any real difference (metrics are
+rounded to 1e-4) still counts."""
+
+
 @dataclass
 class SelectionConfig:
     """How evaluations are ranked and when training should stop."""

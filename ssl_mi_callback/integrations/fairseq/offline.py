@@ -17,8 +17,10 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu")
     from fairseq import checkpoint_utils
 
     from . import tasks  # noqa: F401  (checkpoints trained with the *_mi tasks name them)
+    from .run_context import scoring_checkpoints
 
-    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    with scoring_checkpoints():
+        models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
     return models[0].to(device).eval()
 
 

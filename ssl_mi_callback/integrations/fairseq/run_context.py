@@ -6,11 +6,13 @@ selection settings, and a misconfiguration must fail before any training. The la
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 METRIC = "mi_bits"
 _current: Optional[Any] = None
+_loading_for_scoring = False
 
 
 class MIConfigError(ValueError):
@@ -20,6 +22,23 @@ class MIConfigError(ValueError):
 def current() -> Optional[Any]:
     """The full config of the run in this process, or None outside the launcher."""
     return _current
+
+
+def loading_for_scoring() -> bool:
+    """True while :func:`scoring_checkpoints` is active (offline scoring loads MI-task checkpoints)."""
+    return _loading_for_scoring
+
+
+@contextlib.contextmanager
+def scoring_checkpoints() -> Iterator[None]:
+    """Checkpoints of an MI task are being loaded to be scored offline: the task's hook is meant to
+    stay inactive, so it says nothing."""
+    global _loading_for_scoring
+    previous, _loading_for_scoring = _loading_for_scoring, True
+    try:
+        yield
+    finally:
+        _loading_for_scoring = previous
 
 
 def start_run(cfg: Any) -> None:

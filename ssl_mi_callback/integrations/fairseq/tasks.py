@@ -78,11 +78,13 @@ class MISelectionTaskMixin:
         self._mi_update = 0
         self._mi_in_validation = False
         run_cfg = run_context.current()
-        if run_cfg is None:
+        if run_cfg is None and not run_context.loading_for_scoring():
             logger.warning(
                 "MI hook inactive: task %s was set up outside ssl-mi-fairseq-hydra-train (e.g. to load a "
-                "checkpoint); start training with ssl-mi-fairseq-hydra-train to score checkpoints", cfg._name,
+                "checkpoint); to select checkpoints by MI, train with ssl-mi-fairseq-hydra-train; to score saved "
+                "checkpoints, use ssl-mi score", cfg._name,
             )
+        if run_cfg is None:
             self.mi_hook: Optional[FairseqMIHook] = None
         else:
             self.mi_hook = FairseqMIHook(cfg, run_cfg, task=self)
