@@ -1,7 +1,8 @@
 """Online (streaming, mini-batch) k-means with k-means++ seeding, on any torch device.
 
-State is fixed-size sufficient statistics — per-cluster sum vectors and counts, in float64 — so a
-caller can reduce them across processes with a sum (``reduce_fn``) before every centre update.
+State is fixed-size sufficient statistics — per-cluster sum vectors and counts, accumulated in
+float64 from per-chunk sums in the input's precision — so a caller can reduce them across processes
+with a sum (``reduce_fn``) before every centre update.
 """
 from __future__ import annotations
 
@@ -159,7 +160,9 @@ class OnlineKMeans:
     def _features(self, x: ArrayLike) -> Tensor:
         check_int(self.n_clusters, "n_clusters", 1)
         x = as_features(x, "x", resolve_device(x, device=self.device))
-        if not bool(torch.isfinite(x).all()):
+        # NaN/inf reach the row sums (one read of x, no N x D mask); only a non-finite row sum, which
+        # finite values can also give by overflow, needs the element-wise check
+        if not bool(torch.isfinite(x.sum(dim=1)).all()) and not bool(torch.isfinite(x).all()):
             raise EstimatorInputError("x contains NaN or inf; drop those frames first")
         return x
 
@@ -207,11 +210,16 @@ class OnlineKMeans:
             )
 
     def _assign_chunks(self, x: Tensor, centers: Tensor) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
-        """(rows, nearest-centre labels, exact squared distances), ``chunk_size`` rows at a time."""
+        """(rows, nearest-centre labels, squared distances), ``chunk_size`` rows at a time.
+
+        ||x - mu||^2 = ||x||^2 + ||mu||^2 - 2 x.mu from the one matrix product that also picks the
+        nearest centre (as scikit-learn computes it), clamped at 0 against rounding.
+        """
         center_norms = (centers * centers).sum(1)
         for chunk in torch.split(x, check_int(self.chunk_size, "chunk_size", 1)):
-            labels = torch.argmin(center_norms - 2.0 * chunk @ centers.T, dim=1)
-            yield chunk, labels, ((chunk - centers[labels]) ** 2).sum(1)
+            scores = torch.addmm(center_norms, chunk, centers.T, alpha=-2.0)
+            nearest, labels = scores.min(dim=1)
+            yield chunk, labels, (nearest + (chunk * chunk).sum(1)).clamp_min_(0.0)
 
     def _assign(self, x: Tensor, centers: Tensor) -> Tuple[Tensor, Tensor]:
         """Nearest-centre labels and squared distances for all rows."""
@@ -224,8 +232,10 @@ class OnlineKMeans:
         stats = torch.zeros(self.n_clusters, dims + 2, dtype=torch.float64, device=x.device)
         closest = []
         for chunk, labels, chunk_closest in self._assign_chunks(x, centers):
-            stats[:, :dims].index_add_(0, labels, chunk.double())
-            stats[:, dims].index_add_(0, labels, torch.ones_like(chunk_closest, dtype=torch.float64))
+            # per-chunk sums in the input's precision (at most chunk_size rows), accumulated in float64
+            chunk_sums = torch.zeros(self.n_clusters, dims, dtype=chunk.dtype, device=x.device)
+            stats[:, :dims] += chunk_sums.index_add_(0, labels, chunk).double()
+            stats[:, dims] += torch.bincount(labels, minlength=self.n_clusters).double()
             stats[:, dims + 1].index_add_(0, labels, chunk_closest.double())
             closest.append(chunk_closest)
         return stats, torch.cat(closest)
@@ -261,9 +271,8 @@ class OnlineKMeans:
     def _mean_variance(self, x: Tensor, reduce: ReduceFn) -> float:
         """Mean over dimensions of the variance of ``x`` (all processes)."""
         moments = torch.zeros(2 * x.shape[1] + 1, dtype=torch.float64, device=x.device)
-        for chunk in torch.split(x, check_int(self.chunk_size, "chunk_size", 1)):
-            chunk = chunk.double()
-            moments[: 2 * x.shape[1]] += torch.cat([chunk.sum(0), (chunk * chunk).sum(0)])
+        for chunk in torch.split(x, check_int(self.chunk_size, "chunk_size", 1)):  # only sets the tolerance
+            moments[: 2 * x.shape[1]] += torch.cat([chunk.sum(0), (chunk * chunk).sum(0)]).double()
         moments[-1] = x.shape[0]
         moments = reduce(moments)
         dims = x.shape[1]
