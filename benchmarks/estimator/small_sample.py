@@ -242,14 +242,10 @@ def spearman(a, b) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+    from benchmarks.machine import cpu_model
+
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores (shared with other jobs; load {load:.1f} at start), "
             f"torch {torch.__version__}, 1 torch thread, Python {platform.python_version()}")

@@ -49,6 +49,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from benchmarks.machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RECIPES = ROOT / "recipes" / "fairseq"
@@ -102,14 +104,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     import torch
 
     return {

@@ -28,6 +28,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from benchmarks.machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PENDING_GPU = "pending (no GPU in this run)"
@@ -35,14 +37,7 @@ PENDING_GPU = "pending (no GPU in this run)"
 
 # ----------------------------------------------------------------------------------- machine
 def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     info = {
         "cpu": model,
         "cores": os.cpu_count(),
