@@ -33,7 +33,9 @@ class MICallback:
     """Evaluate every ``every_n_steps`` steps (0: only when :meth:`evaluate` is called).
 
     With ``export_best`` set, the writer rank saves ``model.state_dict()`` there atomically (with a
-    JSON sidecar: step, score, settings) whenever an evaluation is a new best.
+    JSON sidecar: step, score, settings) whenever an evaluation is a new best. A failed export is
+    logged and returned as the record's ``export_error`` (the history line, already written, still says
+    the evaluation was the best; the file keeps the previous best); ``strict`` re-raises it.
     """
 
     def __init__(
@@ -127,16 +129,25 @@ class MICallback:
         return record
 
     def _export(self, model: torch.nn.Module, record: dict) -> None:
-        """Write the new best weights atomically; a failure is logged (the run goes on) unless strict."""
-        sidecar = {"step": record["step"], "epoch": record["epoch"], "metric": self.selector.config.monitor,
-                   "score": record["metrics"].get(self.selector.config.monitor), "settings": record.get("settings")}
-        state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        """Write the new best weights atomically (the previous export stays whole if this fails).
+
+        Any failure (a full disk, a path that cannot be written, a model whose ``state_dict`` raises,
+        a tensor that cannot be saved) is logged with its reason and kept in the record as
+        ``export_error``; the run goes on and the next new best exports again. ``strict`` re-raises.
+        """
         try:
+            sidecar = {"step": record["step"], "epoch": record["epoch"], "metric": self.selector.config.monitor,
+                       "score": record["metrics"].get(self.selector.config.monitor), "settings": record.get("settings")}
+            # tensors to the CPU; other entries (a module's get_extra_state()) are saved as they are
+            state = {name: value.detach().cpu() if isinstance(value, torch.Tensor) else value
+                     for name, value in model.state_dict().items()}
             export_atomically(lambda handle: torch.save(state, handle), self.export_best, sidecar)
-        except OSError as error:
+        except Exception as error:
             if self.strict:
                 raise
-            logger.warning("could not export the best weights to %s: %s", self.export_best, _one_line(error))
+            record["export_error"] = _one_line(error)
+            logger.warning("MI export of the best weights (step %d) to %s failed, training continues: %s",
+                           record["step"], self.export_best, record["export_error"])
 
     def state_dict(self) -> dict:
         return {"selector": self.selector.state_dict()}

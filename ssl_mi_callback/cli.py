@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,29 @@ def run_estimate(args: argparse.Namespace) -> int:
             raise CommandError("--clusters applies only to the unsupervised bound (--za/--zb)")
         result = supervised_mi(load_array(args.z, "--z"), load_array(args.labels, "--labels"), groups, **settings)
     fields = result.to_dict()
-    print(json.dumps(fields) if args.json else _summary(fields))
+    print(estimate_json(fields) if args.json else _summary(check_finite_estimate(fields)))
     return 0
+
+
+def check_finite_estimate(fields: dict) -> dict:
+    """``fields`` unchanged when every number in them is finite; else a one-line error naming them."""
+    def finite(value: object) -> bool:
+        if isinstance(value, dict):
+            return all(finite(item) for item in value.values())
+        if isinstance(value, (list, tuple)):
+            return all(finite(item) for item in value)
+        return not isinstance(value, float) or math.isfinite(value)
+
+    bad = [f"{name}={value}" for name, value in fields.items() if not finite(value)]
+    if bad:
+        raise CommandError(f"the estimate is not finite ({', '.join(bad)}); the features probably hold extreme "
+                           f"values: rescale them (e.g. standardise them) and run again")
+    return fields
+
+
+def estimate_json(fields: dict) -> str:
+    """One strict JSON object (no NaN/Infinity, which JSON does not have): see :func:`check_finite_estimate`."""
+    return json.dumps(check_finite_estimate(fields), allow_nan=False)
 
 
 def _summary(fields: dict) -> str:
@@ -113,7 +135,7 @@ def _summary(fields: dict) -> str:
     lines.append(
         f"  probe {fields['probe']}, seed {fields['seed']}; fit {fields['n_frames_fit']} frames / "
         f"{fields['n_utterances_fit']} utterances, eval {fields['n_frames_eval']} frames / "
-        f"{fields['n_utterances_eval']} utterances; dropped {fields['dropped_nonfinite']} non-finite frames"
+        f"{fields['n_utterances_eval']} utterances; dropped {fields['dropped_nonfinite']} frames with NaN/inf or too large values"
     )
     return "\n".join(lines)
 

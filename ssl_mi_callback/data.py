@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import struct
 from collections import Counter
@@ -250,16 +251,51 @@ def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.nd
     return resample(tensor, source_rate, target_rate).numpy().astype(np.float32, copy=False)
 
 
+def _frames_to_read(max_samples: Optional[int], source_rate: int, sample_rate: int) -> int:
+    """Frames of a ``source_rate`` file that give its first ``max_samples`` samples at ``sample_rate``
+    exactly as a read of the whole file would (-1: the whole file).
+
+    torchaudio's sinc resampler (defaults: ``lowpass_filter_width`` 6, ``rolloff`` 0.99) turns each
+    block of ``orig = source_rate / g`` input samples into ``new = sample_rate / g`` output samples
+    (g = gcd of the rates) and looks ``width = ceil(6 orig / (0.99 min(orig, new)))`` input samples
+    on either side of the block, so output ``j`` needs input below ``ceil((j + 1) / new) orig + width``.
+    Reading ``ceil(max_samples / new) orig + 2 width`` frames (one filter width to spare) exceeds
+    ``max_samples`` at the source rate by less than ``orig + 2 width``: under 500 samples at 44.1 kHz,
+    about one second for rates whose ratio does not reduce.
+    """
+    if max_samples is None:
+        return -1
+    if source_rate == sample_rate:
+        return max_samples
+    common = math.gcd(source_rate, sample_rate)
+    orig, new = source_rate // common, sample_rate // common
+    width = math.ceil(6 * orig / (0.99 * min(orig, new)))
+    return -(-max_samples // new) * orig + 2 * width
+
+
+def _resampled_length(num_frames: int, source_rate: int, sample_rate: int) -> int:
+    """Samples that resampling ``num_frames`` frames gives (torchaudio's ``ceil(new * length / orig)``)."""
+    if source_rate == sample_rate:
+        return num_frames
+    common = math.gcd(source_rate, sample_rate)
+    return math.ceil((sample_rate // common) * num_frames / (source_rate // common))
+
+
 @dataclass
 class _Loaded:
-    waveform: np.ndarray
+    waveform: np.ndarray  # the file's first samples: at least max_samples when the file is that long
+    source_samples: int  # length of the whole file at the target rate
     downmixed: bool
     resampled: bool
     clipped: bool
 
 
-def _read_audio(path: str, sample_rate: int) -> _Loaded:
-    """Mono float32 audio at ``sample_rate``, or _Skip with the kind and a one-line reason."""
+def _read_audio(path: str, sample_rate: int, max_samples: Optional[int] = None) -> _Loaded:
+    """Mono float32 audio at ``sample_rate``, or _Skip with the kind and a one-line reason.
+
+    With ``max_samples`` only about that much of the file is read (and checked, and resampled):
+    memory at start-up is bounded by ``max_utterance_seconds``, not by the longest file.
+    """
     try:
         if not os.path.exists(path):
             raise _Skip(MISSING, "missing file")
@@ -274,7 +310,10 @@ def _read_audio(path: str, sample_rate: int) -> _Loaded:
         raise _Skip(MISSING, f"cannot open: {_first_line(error)}")
     _check_wav_structure(path, header, file_size)
     try:
-        data, source_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(path) as audio_file:
+            source_rate, declared_frames = audio_file.samplerate, audio_file.frames
+            wanted = _frames_to_read(max_samples, source_rate, sample_rate)
+            data = audio_file.read(frames=wanted, dtype="float32", always_2d=True)
     except Exception as error:
         if header.startswith(_AUDIO_MAGIC):
             raise _Skip(CORRUPT, f"corrupt audio: {_first_line(error)}")
@@ -283,8 +322,11 @@ def _read_audio(path: str, sample_rate: int) -> _Loaded:
         raise _Skip(EMPTY, "no audio samples")
     if not np.isfinite(data).all():
         raise _Skip(NON_FINITE, "NaN or infinite samples")
+    # a short read is the whole file; a full one stops at `wanted`, and the header gives the rest
+    total_frames = data.shape[0] if wanted < 0 or data.shape[0] < wanted else max(declared_frames, data.shape[0])
     downmixed = data.shape[1] > 1
     waveform = data.mean(axis=1, dtype=np.float32) if downmixed else data[:, 0]
+    del data
     resampled = source_rate != sample_rate
     if resampled:
         waveform = _resample(waveform, source_rate, sample_rate)
@@ -292,8 +334,8 @@ def _read_audio(path: str, sample_rate: int) -> _Loaded:
     clipped = peak > 1.0
     if clipped:
         waveform = np.clip(waveform, -1.0, 1.0)
-    return _Loaded(np.ascontiguousarray(waveform, dtype=np.float32), downmixed, resampled,
-                   clipped)
+    return _Loaded(np.ascontiguousarray(waveform, dtype=np.float32),
+                   _resampled_length(total_frames, source_rate, sample_rate), downmixed, resampled, clipped)
 
 
 # ------------------------------------------------------------------------------ sources
@@ -405,28 +447,29 @@ def load_heldout(source: Source, *, sample_rate: int = 16000, max_seconds: Optio
             subset.budget_reached = True
             break
         try:
-            loaded = _read_audio(path, sample_rate)
+            loaded = _read_audio(path, sample_rate, max_samples=crop_samples)
         except _Skip as problem:
             skip(path, problem.kind, problem.reason)
             continue
         except Exception as error:  # never let one file stop an evaluation
             skip(path, CORRUPT, f"unreadable: {type(error).__name__}: {_first_line(error)}")
             continue
-        waveform = loaded.waveform
-        if waveform.shape[0] < min_samples:
-            skip(path, TOO_SHORT, f"too short: {waveform.shape[0] / sample_rate:.2f} s < "
+        waveform, source_samples = loaded.waveform, loaded.source_samples
+        if source_samples < min_samples:
+            skip(path, TOO_SHORT, f"too short: {source_samples / sample_rate:.2f} s < "
                                   f"min_seconds {min_seconds:g}")
             continue
-        keep = waveform.shape[0] if crop_samples is None else min(waveform.shape[0], crop_samples)
+        keep = source_samples if crop_samples is None else min(source_samples, crop_samples)
+        keep = min(keep, waveform.shape[0])  # the part read (all of it unless the header overstates)
         if budget is not None and total + keep > budget:
             subset.budget_reached = True
             if budget - total < max(min_samples, 1):
                 break
             keep = budget - total
-        source_samples = waveform.shape[0]
-        if keep < waveform.shape[0]:
-            waveform = waveform[:keep].copy()  # a copy frees the rest of the file
+        if keep < source_samples:
             subset.cropped += 1
+        if keep < waveform.shape[0]:
+            waveform = waveform[:keep].copy()  # a copy frees the rest of what was read
         if loaded.downmixed:
             if subset.downmixed == 0:
                 logger.info("held-out '%s': downmixing multi-channel audio to mono (first: %s)",

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class EvaluationConfig:
     clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
     probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
     views: str = field(default="auto", metadata={"help": "view pair: 'masked' (Za masked input, Zb unmasked, at the masked frames), 'past_future' (Za at frame t, Zb at frame t+future_offset; causal models such as APC) or 'auto' (the adapter's default)"})
-    centering: str = field(default="none", metadata={"help": "'utterance': subtract each utterance's mean feature from both views before k-means and the probe (removes voice/channel structure shared by the views); 'none': raw features (the paper)"})
+    centering: str = field(default="utterance", metadata={"help": "'utterance': subtract each utterance's mean feature from both views before k-means and the probe (removes voice/channel structure shared by the views; chosen by the selection benchmark); 'none': raw features (the paper)"})
     future_offset: int = field(default=3, metadata={"help": "k of the past_future views in frames (3 frames = 60 ms at 20 ms frames)"})
     mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view"})
     mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
@@ -87,7 +87,37 @@ class EvaluationConfig:
 
 
 class EvaluationError(RuntimeError):
-    """An evaluation failed on some rank (the message names the rank and the cause)."""
+    """An evaluation failed on some rank (the message names the rank and the cause).
+
+    ``out_of_memory``: the cause was ``torch.cuda.OutOfMemoryError`` (the evaluator has already
+    returned its cached CUDA memory, so training can go on)."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+def _stage_failure(rank: int, error: BaseException) -> EvaluationError:
+    """What a rank whose stage raised hands to the next collective instead of its result, so every
+    rank reaches that collective and fails the evaluation together (none waits forever)."""
+    return EvaluationError(f"rank {rank}: {type(error).__name__}: {error}",
+                           out_of_memory=isinstance(error, torch.cuda.OutOfMemoryError))
+
+
+def _release_cuda_memory_after(outcome: object) -> None:
+    """After an out-of-memory failure (its traceback, and the tensors it held, already dropped),
+    return the cached CUDA blocks so the training step after the evaluation gets them back."""
+    if isinstance(outcome, EvaluationError) and outcome.out_of_memory and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _Estimate(NamedTuple):
+    """The estimator stage's result on one rank."""
+
+    per_layer: dict[int, dict]
+    metrics: dict[str, float]
+    baseline_seconds: float
+    frames: int
 
 
 @contextlib.contextmanager
@@ -266,11 +296,18 @@ class Evaluator:
             results.append((batch.index, per_layer, groups))
         return results
 
-    def _all_features(self, local: list) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def _gather_features(self, local: object) -> list:
+        """All-gather every rank's features (or its feature-stage error); raises the same
+        :class:`EvaluationError` on every rank if any rank failed."""
         gathered = self.gather(local)
         errors = [str(part) for part in gathered if isinstance(part, EvaluationError)]
         if errors:
             raise EvaluationError("; ".join(errors))
+        return gathered
+
+    @staticmethod
+    def _assemble(gathered: list) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Every rank's batches in global batch order: ({layer: (Za, Zb)}, utterance index per frame pair)."""
         items = [item for rank_items in gathered for item in rank_items]
         if not items:
             raise EvaluationError("the held-out subset produced no batches")
@@ -292,20 +329,66 @@ class Evaluator:
             return self._evaluate(model)
 
     def _evaluate(self, model: torch.nn.Module) -> dict:
+        """Two stages, each guarded per rank: a rank whose stage raises (bad audio, out of memory, a
+        numerical failure) hands an :class:`EvaluationError` to the collective that follows the
+        stage, so every rank raises the same error there instead of the others waiting forever."""
         started = time.perf_counter()
         self._check_adapter(model)
-        layers = resolve_layers(self.config.layers, self.adapter.num_layers(model))
+        num_layers = self.adapter.num_layers(model)
+        layers = resolve_layers(self.config.layers, num_layers)
         device = _model_device(model)
         with _evaluation_mode(model):
-            try:
+            try:  # feature stage: this rank's share of the forward passes
                 local: object = self._local_features(model, layers)
-            except Exception as error:  # every rank must reach the gather, or the others hang
-                local = EvaluationError(f"rank {self.rank}: {type(error).__name__}: {error}")
+            except Exception as error:
+                local = _stage_failure(self.rank, error)
+            _release_cuda_memory_after(local)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             forward_done = time.perf_counter()
-            features, groups = self._all_features(local)
+            gathered_features = self._gather_features(local)  # collective 1
         gathered = time.perf_counter()
+        try:  # estimator stage: the same k-means + probe on every rank, from the same gathered features
+            estimate = self._estimate(gathered_features, device, num_layers)
+            shared: Union[dict, EvaluationError] = estimate.metrics
+        except Exception as error:
+            if self.world_size == 1:
+                raise
+            shared = _stage_failure(self.rank, error)
+        del gathered_features
+        _release_cuda_memory_after(shared)
+        record_extra = self._agree_across_ranks(shared)  # collective 2; raises on every rank if any failed
+        per_layer, metrics, baseline_seconds = estimate.per_layer, estimate.metrics, estimate.baseline_seconds
+        finished = time.perf_counter()
+        return {
+            **record_extra,
+            "status": "ok",
+            "views": {
+                "pair": self.view_pair,
+                "future_offset": self.config.future_offset if self.view_pair == "past_future" else None,
+                "mask_placement": self._mask_placement(model),
+            },
+            "metrics": metrics,
+            "layers": {str(layer): result for layer, result in per_layer.items()},
+            "settings": self.settings(),
+            "subset": {
+                "fingerprint": self.subset.fingerprint(),
+                "utterances": len(self.subset.utterances),
+                "seconds": round(self.subset.total_seconds, 3),
+                "frames": estimate.frames,
+            },
+            "seconds": {
+                "forward": round(forward_done - started, 4),
+                "gather": round(gathered - forward_done, 4),
+                "estimators": round(finished - gathered - baseline_seconds, 4),
+                "baselines": round(baseline_seconds, 4),
+                "total": round(finished - started, 4),
+            },
+        }
+
+    def _estimate(self, gathered: list, device: torch.device, num_layers: int) -> _Estimate:
+        """Per layer: (centering,) k-means on Zb, probe on Za, the bound and its interval, baselines."""
+        features, groups = self._assemble(gathered)
         per_layer: dict[int, dict] = {}
         metrics: dict[str, float] = {}
         baseline_seconds = 0.0
@@ -331,48 +414,28 @@ class Evaluator:
             if result.get("ci95_bits") is not None:
                 low, high = result["ci95_bits"]
                 metrics[f"mi_ci95_low_l{layer}"], metrics[f"mi_ci95_high_l{layer}"] = float(low), float(high)
-        metrics["mi_bits"] = self._selection_value(per_layer, self.adapter.num_layers(model))
+        metrics["mi_bits"] = self._selection_value(per_layer, num_layers)
         metrics = {key: round(value, METRIC_DECIMALS) for key, value in metrics.items()}
-        record_extra = self._agree_across_ranks(metrics)
-        finished = time.perf_counter()
-        return {
-            **record_extra,
-            "status": "ok",
-            "views": {
-                "pair": self.view_pair,
-                "future_offset": self.config.future_offset if self.view_pair == "past_future" else None,
-                "mask_placement": self._mask_placement(model),
-            },
-            "metrics": metrics,
-            "layers": {str(layer): result for layer, result in per_layer.items()},
-            "settings": self.settings(),
-            "subset": {
-                "fingerprint": self.subset.fingerprint(),
-                "utterances": len(self.subset.utterances),
-                "seconds": round(self.subset.total_seconds, 3),
-                "frames": int(groups.numel()),
-            },
-            "seconds": {
-                "forward": round(forward_done - started, 4),
-                "gather": round(gathered - forward_done, 4),
-                "estimators": round(finished - gathered - baseline_seconds, 4),
-                "baselines": round(baseline_seconds, 4),
-                "total": round(finished - started, 4),
-            },
-        }
+        return _Estimate(per_layer, metrics, baseline_seconds, int(groups.numel()))
 
-    def _agree_across_ranks(self, metrics: dict[str, float]) -> dict:
-        """Every rank computed from the same gathered features, so the values must match; any
-        difference (a non-deterministic kernel) is logged, and rank 0's metrics are used everywhere."""
+    def _agree_across_ranks(self, shared: Union[dict, EvaluationError]) -> dict:
+        """All-gather every rank's metrics (or its estimator-stage error). Any error: every rank
+        raises the same :class:`EvaluationError`. Every rank computed from the same gathered
+        features, so the values must match; any difference (a non-deterministic kernel) is logged,
+        and rank 0's metrics are used everywhere."""
         if self.world_size == 1:
             return {}
-        everyone = self.gather(metrics)
+        everyone = self.gather(shared)
+        errors = [str(part) for part in everyone if isinstance(part, EvaluationError)]
+        if errors:
+            raise EvaluationError("; ".join(errors))
+        assert isinstance(shared, dict)
         rank_values = [float(m["mi_bits"]) for m in everyone]
         spread = max(rank_values) - min(rank_values)
         if spread > 1e-9:
             logger.warning("ranks disagree on mi_bits by %.3g bits (%s); using rank 0's value", spread, rank_values)
-            metrics.clear()
-            metrics.update(everyone[0])
+            shared.clear()
+            shared.update(everyone[0])
         return {"distributed": {"world_size": self.world_size, "rank_mi_bits": rank_values}}
 
     def _selection_value(self, per_layer: dict[int, dict], num_layers: int) -> float:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 import math
+import pickle
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from .data import HeldOutSubset
 from .evaluator import METRIC_DECIMALS, EvaluationConfig, Evaluator, _evaluation_mode
 from .features import FeatureAdapter, resolve_layers
 from .labels import align_labels
+from .safe_loading import UnsafeCheckpointError, load_weights_only, weights_only_refusal  # noqa: F401  (re-exported)
 
 @dataclass
 class LoadedModel:
@@ -37,12 +39,15 @@ Loader = Callable[[str, str], LoadedModel]
 """``loader(path, device) -> LoadedModel``."""
 
 
+# ------------------------------------------------------------------------------ loaders
 def load_fairseq(path: str, device: str) -> LoadedModel:
-    """A fairseq wav2vec 2.0 / HuBERT / data2vec audio checkpoint (safe loading, fairseq allowlist)."""
+    """A fairseq wav2vec 2.0 / HuBERT / data2vec audio checkpoint, read once with the weights-only loader
+    and fairseq's allowlist (:func:`~.integrations.fairseq.offline.load_checkpoint_model`)."""
     from .features.fairseq import FairseqMaskedPredictionAdapter
-    from .integrations.fairseq.offline import checkpoint_update, load_model
+    from .integrations.fairseq.offline import load_checkpoint_model
 
-    return LoadedModel(load_model(path, device), FairseqMaskedPredictionAdapter(), checkpoint_update(path))
+    model, update = load_checkpoint_model(path, device)
+    return LoadedModel(model, FairseqMaskedPredictionAdapter(), update)
 
 
 TORCHAUDIO_BUILDERS = ("wav2vec2_model", "hubert_pretrain_model", "wavlm_model")
@@ -66,7 +71,7 @@ def load_torchaudio(path: str, device: str) -> LoadedModel:
 
     from .features.torchaudio import TorchaudioWav2Vec2Adapter
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     if not isinstance(state, dict) or state.get("torchaudio_builder") not in TORCHAUDIO_BUILDERS:
         raise ValueError(f"{path} is not a checkpoint written by ssl_mi_callback.scoring.save_torchaudio_checkpoint")
     model = getattr(torchaudio.models, state["torchaudio_builder"])(**state["builder_kwargs"])
@@ -76,7 +81,13 @@ def load_torchaudio(path: str, device: str) -> LoadedModel:
 
 def load_huggingface(path: str, device: str) -> LoadedModel:
     """A Hugging Face model directory (``save_pretrained``, or a Trainer ``checkpoint-N`` folder, whose
-    ``trainer_state.json`` gives the step); local files only, never a download."""
+    ``trainer_state.json`` gives the step); local files only, never a download, never remote code.
+
+    ``from_pretrained`` reads ``model.safetensors`` (no pickle at all) when present, else
+    ``pytorch_model.bin`` with ``torch.load(weights_only=True)`` passed explicitly (so
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off; transformers refuses ``.bin`` files on
+    torch < 2.6). A ``.bin`` that carries another pickled global is refused here in one line.
+    """
     import json
     from pathlib import Path
 
@@ -90,8 +101,12 @@ def load_huggingface(path: str, device: str) -> LoadedModel:
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
     architecture = (config.architectures or [None])[0]
     model_class = getattr(transformers, architecture, None) if architecture else None
-    model_class = model_class or transformers.AutoModel
-    model = model_class.from_pretrained(directory, local_files_only=True)
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        model_class = transformers.AutoModel  # config.architectures names no transformers model class
+    try:
+        model = model_class.from_pretrained(directory, local_files_only=True)
+    except pickle.UnpicklingError as error:
+        raise weights_only_refusal(path, error) from None
     state_file = directory / "trainer_state.json"
     step = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else None
     return LoadedModel(model.to(device).eval(), HuggingFaceAdapter(), step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from typing import Callable
 
 import torch
@@ -31,9 +32,21 @@ def _entry(rank: int, world_size: int, port: int, work: Callable, args: tuple) -
     os._exit(0)
 
 
-def run_in_gloo_processes(work: Callable, args: tuple = (), world_size: int = 2) -> None:
+def run_in_gloo_processes(work: Callable, args: tuple = (), world_size: int = 2, deadline_seconds: float = 600.0) -> None:
     """Call ``work(rank, world_size, *args)`` in ``world_size`` processes joined by a gloo group.
 
-    ``work`` must be a module-level function (spawn pickles it) and reports through files.
+    ``work`` must be a module-level function (spawn pickles it) and reports through files. A rank
+    that raises fails the caller; ranks still running after ``deadline_seconds`` (one left waiting in
+    a collective) are killed and the caller fails, instead of hanging the suite.
     """
-    torch.multiprocessing.spawn(_entry, args=(world_size, _free_port(), work, args), nprocs=world_size)
+    context = torch.multiprocessing.start_processes(
+        _entry, args=(world_size, _free_port(), work, args), nprocs=world_size, join=False, start_method="spawn")
+    deadline = time.monotonic() + deadline_seconds
+    try:
+        while not context.join(timeout=1.0):  # raises if a rank raised
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gloo ranks did not finish within {deadline_seconds} s: a rank waits in a collective")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import _available
+from conftest import _available, require
 from ssl_mi_callback import data
 from ssl_mi_callback.data import (HeldOutDataError, Utterance, plan_batches,
                                   load_heldout, parse_manifest)
@@ -319,3 +319,94 @@ def test_loading_fuzzed_manifests_only_raises_heldout_errors(tmp_path, lines):
         assert "\n" not in str(error)
     else:  # only possible if a fuzzed line named a real file
         assert subset.utterances
+
+
+# ------------------------------------------------------------------------------ bounded reading
+
+def _long_speech(speech_wavs, seconds: float, rate: int = RATE) -> np.ndarray:
+    """The six speech files end to end, repeated to ``seconds`` (mono float32)."""
+    pieces = [soundfile.read(path, dtype="float32")[0] for path in speech_wavs]
+    joined = np.concatenate(pieces)
+    return np.resize(joined, int(seconds * rate)).astype(np.float32)
+
+
+def _full_read_then_crop(path, seconds: float, channels_mean: bool = False) -> np.ndarray:
+    """What loading did before reads were bounded: the whole file, downmixed, resampled, then cropped."""
+    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1, dtype=np.float32) if channels_mean else audio[:, 0]
+    if rate != RATE:
+        import torchaudio
+
+        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, RATE).numpy()
+    return mono[: int(round(seconds * RATE))], len(mono)
+
+
+@pytest.mark.parametrize("rate", [RATE, 44100])
+def test_a_long_file_is_read_only_up_to_the_crop(tmp_path, speech_wavs, rate):
+    """60 s of speech, max_utterance_seconds=2: the same samples as a full read cropped, the full length
+    still known (label alignment uses it), and the memory of the read bounded by the crop, not the file."""
+    import tracemalloc
+
+    if rate != RATE:
+        require("torchaudio")
+    path = tmp_path / "long.wav"
+    soundfile.write(path, _long_speech(speech_wavs, 60, rate), rate, subtype="FLOAT")
+    expected, full_length = _full_read_then_crop(path, 2.0)
+
+    def peak_bytes(**settings) -> tuple:
+        tracemalloc.start()
+        try:
+            subset = load_heldout([path], **settings)
+            return subset, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    load_heldout([path], max_utterance_seconds=0.5)  # warm-up: torchaudio's import is not the read
+    cropped, cropped_peak = peak_bytes(max_utterance_seconds=2.0)
+    whole, whole_peak = peak_bytes()  # control: the measurement sees a whole read
+    utterance = cropped.utterances[0]
+    np.testing.assert_allclose(utterance.waveform, expected, rtol=0, atol=1e-6)
+    assert utterance.source_samples == full_length == 60 * RATE and cropped.cropped == 1
+    assert whole.utterances[0].num_samples == 60 * RATE
+    assert whole_peak > 60 * rate * 4  # the file's float32 samples (3.8 MB at 16 kHz, 10.6 MB at 44.1 kHz)
+    assert cropped_peak < 1e6, cropped_peak  # measured: 0.26 MB (16 kHz), 0.45 MB (44.1 kHz)
+
+
+def test_garbage_beyond_the_crop_is_never_read(tmp_path, speech_wavs):
+    """A file whose audio turns into NaN after 10 s: with a 2 s crop that part is never read, so the file
+    is kept with exactly its first 2 s; read whole it is still skipped as non-finite."""
+    audio = _long_speech(speech_wavs, 60)
+    audio[10 * RATE:] = np.nan
+    path = tmp_path / "bad_tail.wav"
+    soundfile.write(path, audio, RATE, subtype="FLOAT")
+    subset = load_heldout([path], max_utterance_seconds=2.0)
+    np.testing.assert_array_equal(subset.utterances[0].waveform, audio[: 2 * RATE])
+    assert subset.utterances[0].source_samples == 60 * RATE and not subset.skipped
+    with pytest.raises(HeldOutDataError, match="1 non-finite"):
+        load_heldout([path])
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_bounded_read_resamples_like_a_full_read(tmp_path, speech_wavs, rate, channels):
+    """Other sample rates (and stereo): the bounded read plus its margin gives the samples of resampling
+    the whole file, cropped; the full length at 16 kHz is the full resample's."""
+    require("torchaudio")
+    audio = _long_speech(speech_wavs, 20, rate)
+    if channels == 2:
+        audio = np.stack([audio, 0.5 * audio[::-1]], axis=1)
+    path = tmp_path / f"at_{rate}.wav"
+    soundfile.write(path, audio, rate, subtype="FLOAT")
+    expected, full_length = _full_read_then_crop(path, 1.5, channels_mean=channels == 2)
+    subset = load_heldout([path], max_utterance_seconds=1.5)
+    utterance = subset.utterances[0]
+    assert utterance.num_samples == len(expected) == int(1.5 * RATE)
+    np.testing.assert_allclose(utterance.waveform, expected, rtol=0, atol=1e-6)
+    assert utterance.source_samples == full_length
+    assert (subset.resampled, subset.downmixed, subset.cropped) == (1, channels - 1, 1)
+
+
+def test_short_crop_does_not_make_a_long_file_too_short(speech_wavs):
+    """min_seconds applies to the file, as before: a 0.3 s crop of a longer file is kept."""
+    subset = load_heldout(speech_wavs[:2], max_utterance_seconds=0.3, min_seconds=0.5)
+    assert [u.num_samples for u in subset.utterances] == [int(0.3 * RATE)] * 2 and not subset.skipped

@@ -17,6 +17,8 @@ from ssl_mi_callback.estimators import (
     supervised_mi,
     unsupervised_mi,
 )
+from ssl_mi_callback.estimators.bounds import mix_with_prior
+from ssl_mi_callback.estimators.validation import EstimatorInputError
 from ssl_mi_callback.estimators.seeding import make_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,7 +31,7 @@ UNSUPERVISED_FIELDS = {
     "estimator", "mi_bits", "h_c_bits", "h_c_plugin_bits", "ce_bits", "mi_normalized", "ci95_bits",
     "kmeans_inertia_eval", "n_frames_fit", "n_frames_eval", "n_utterances_fit", "n_utterances_eval", "clusters",
     "probe", "seed", "fit_fraction", "bootstrap", "bias_correction_bits", "probe_weight_decay",
-    "dropped_nonfinite",
+    "prior_mix", "dropped_nonfinite",
 }  # fmt: skip
 SUPERVISED_FIELDS = (UNSUPERVISED_FIELDS - {"h_c_bits", "h_c_plugin_bits", "clusters", "kmeans_inertia_eval"}) | {
     "h_y_bits", "h_y_plugin_bits", "accuracy", "n_classes",
@@ -201,6 +203,34 @@ def test_bound_is_exactly_zero_when_the_probe_ignores_its_input():
     statistics = EvalStatistics.from_frames(log_q, targets, groups)
     assert float(statistics.bound()) == 0.0 and statistics.jackknife_bias() == 0.0
     assert bound_interval(statistics, 200, make_generator(0, "test")) == (0.0, 0.0)
+
+
+def test_prior_mix_caps_the_cost_of_a_confidently_wrong_probe():
+    """A probe that is sure of the wrong class on eval (a destroyed checkpoint's features): unmixed the
+    bound is about -40 bits; mixed, no frame costs more than -log2(w p_fit(target)), and a right probe
+    loses at most -log2(1 - w)."""
+    n_classes, weight = 4, 0.01
+    fit_targets = torch.arange(400) % n_classes  # uniform: p_fit = 1/4
+    targets = torch.arange(200) % n_classes
+    groups = torch.arange(200) // 20
+    wrong = torch.full((200, n_classes), -40.0 * math.log(2.0))
+    wrong[torch.arange(200), (targets + 1) % n_classes] = 0.0  # q(wrong class) = 1, the target gets 2^-40
+    right = torch.full((200, n_classes), -40.0 * math.log(2.0))
+    right[torch.arange(200), targets] = 0.0
+
+    def bound(log_q):
+        return float(EvalStatistics.from_frames(log_q, targets, groups).bound())
+
+    assert bound(torch.log_softmax(wrong, 1)) < -35.0
+    mixed_wrong = mix_with_prior(torch.log_softmax(wrong, 1), fit_targets, n_classes, weight)
+    per_frame_bits = -mixed_wrong[torch.arange(200), targets] / math.log(2.0)
+    assert float(per_frame_bits.max()) <= -math.log2(weight * 0.25) + 1e-4
+    assert bound(mixed_wrong) > -math.log2(weight * 0.25) * -1.0 - 1e-3
+    mixed_right = mix_with_prior(torch.log_softmax(right, 1), fit_targets, n_classes, weight)
+    assert bound(torch.log_softmax(right, 1)) - bound(mixed_right) <= -math.log2(1 - weight) + 1e-4
+    assert torch.equal(mix_with_prior(wrong, fit_targets, n_classes, 0.0), wrong)
+    with pytest.raises(EstimatorInputError, match="prior_mix"):
+        supervised_mi(torch.randn(40, 2), torch.arange(40) % 2, torch.arange(40) // 4, prior_mix=1.0)
 
 
 def test_bound_is_never_below_barber_agakov(two_views):

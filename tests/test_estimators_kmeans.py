@@ -55,8 +55,8 @@ def test_streaming_inertia_matches_sklearn_minibatch(dataset, device):
         for batch in torch.split(shuffled, 1024):
             model.partial_fit(batch)
     ratio = model.inertia(x) / reference
-    # at most 1% worse than sklearn; better is allowed (sklearn's streaming run stops early)
-    assert 0.97 <= ratio <= 1.01, f"inertia ratio {ratio:.4f} vs sklearn MiniBatchKMeans"
+    # within 1% of sklearn either way, the bar (measured on CPU: 0.998 to 1.0045)
+    assert 0.99 <= ratio <= 1.01, f"inertia ratio {ratio:.4f} vs sklearn MiniBatchKMeans"
     assert model.n_updates_ == 5 * len(range(0, len(x), 1024))
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ssl_mi_callback.estimators import EstimatorInputError, supervised_mi, unsupervised_mi
+from ssl_mi_callback.estimators.validation import DENSE_LABEL_FLOOR, check_label_range, finite_rows, squared_norm_limit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,6 +56,19 @@ CASES = {
         lambda v: unsupervised_with(v, za=np.full_like(v[0], np.nan)),
         "no finite frames remain",
     ),
+    "all frames too large for float32": (
+        lambda v: unsupervised_with(v, zb=np.full_like(v[1], 3e38)),
+        "no usable frames remain: 160 frames have values too large for float32 arithmetic",
+    ),
+    "too large or NaN in every frame": (
+        lambda v: supervised_with(v, z=np.where(np.arange(160)[:, None] < 10, np.nan, 1e19).astype(np.float32)),
+        "150 frames have values too large for float32 arithmetic (largest |value| 1e+19; squared row norms must "
+        "stay <= 8.51e+37), the other 10 a NaN or inf; rescale the features",
+    ),
+    "label id far beyond the frames": (
+        lambda v: supervised_with(v, labels=np.where(np.arange(160) == 5, 10**12, v[3])),
+        "labels has id 1000000000000, but class ids must be dense 0..n-1 with n <= 65536",
+    ),
     "unknown probe": (lambda v: unsupervised_with(v, probe="svm"), "probe must be one of linear, mlp"),
     "bad fit fraction": (lambda v: unsupervised_with(v, fit_fraction=1.0), "fit_fraction must be strictly between"),
     "negative bootstrap": (lambda v: unsupervised_with(v, bootstrap=-1), "bootstrap must be an integer >= 0"),
@@ -80,3 +94,50 @@ def test_torch_inputs_on_different_devices_are_rejected(views):
     za, zb, groups, _ = views
     with pytest.raises(EstimatorInputError, match="different devices"):
         unsupervised_mi(torch.from_numpy(za).cuda(), torch.from_numpy(zb), groups, clusters=4)
+
+
+def test_label_range_caps_classes_at_frames_or_the_floor():
+    small = torch.tensor([0, 3, 1])
+    assert check_label_range(small) == 4
+    assert check_label_range(small, n_classes=10) == 10
+    assert check_label_range(torch.tensor([DENSE_LABEL_FLOOR - 1])) == DENSE_LABEL_FLOOR  # floor: always allowed
+    many_frames = torch.arange(DENSE_LABEL_FLOOR + 10)  # N frames may hold ids up to N - 1
+    assert check_label_range(many_frames) == DENSE_LABEL_FLOOR + 10
+    with pytest.raises(EstimatorInputError, match=r"labels has id 65536, but class ids must be dense 0\.\.n-1 with n <= 65536"):
+        check_label_range(torch.tensor([0, DENSE_LABEL_FLOOR]))
+    with pytest.raises(EstimatorInputError, match=r"ids has id 65546, .* n <= 65546 \(max\(frames, 65536\)\); remap"):
+        check_label_range(torch.cat([many_frames[:-1], torch.tensor([DENSE_LABEL_FLOOR + 10])]), "ids")
+    with pytest.raises(EstimatorInputError, match=r"n_classes=1000000000000 is more than 65536"):
+        check_label_range(small, n_classes=10**12)
+    with pytest.raises(EstimatorInputError, match="labels has id 3 but n_classes=3"):
+        check_label_range(small, n_classes=3)
+    with pytest.raises(EstimatorInputError, match="n_classes must be an integer >= 1"):
+        check_label_range(small, n_classes=0)
+
+
+def test_oversized_rows_are_dropped_and_counted_like_nonfinite_rows():
+    """Rows whose squared norm exceeds finfo.max / 4 go the way of NaN/inf rows; the bound stays finite."""
+    x = torch.randn(50, 4)
+    limit = squared_norm_limit(torch.float32)
+    assert limit == pytest.approx(torch.finfo(torch.float32).max / 4)
+    edge = (limit / 4) ** 0.5 * 0.999  # four equal values: squared norm just below the limit
+    x[1], x[2], x[3], x[4] = float("nan"), float("inf"), 3e38, 1e19
+    x[5] = edge
+    keep, dropped = finite_rows(x)
+    assert dropped == 4 and keep[:6].tolist() == [True, False, False, False, False, True]
+    # the kept giant still gives finite squared distances in float32, to the origin and to its negation
+    assert torch.isfinite(torch.cdist(x[keep][:6], -x[keep][:6]) ** 2).all()
+    as_float64 = x.double()
+    as_float64[3] = 1e100  # float64 has room: only NaN/inf rows are dropped there
+    assert finite_rows(as_float64)[1] == 2
+    keep_pair, dropped_pair = finite_rows(x, torch.randn(50, 2))
+    assert dropped_pair == 4 and torch.equal(keep_pair, keep)
+
+
+def test_unsupervised_bound_drops_oversized_frames(views):
+    za, zb, groups, _ = views
+    zb = zb.copy()
+    zb[:7] = 3e38
+    result = unsupervised_mi(za, zb, groups, clusters=4, bootstrap=20)
+    assert result.dropped_nonfinite == 7
+    assert np.isfinite(result.kmeans_inertia_eval) and np.isfinite(result.mi_bits)

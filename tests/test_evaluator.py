@@ -3,6 +3,7 @@ wav2vec 2.0 model and real generated speech."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 
 from conftest import require
 from gloo_workers import run_in_gloo_processes
+
+from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
 TINY_CONV = "[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2"
 
@@ -49,12 +52,12 @@ def subset(tiny_corpus):
     return load_heldout(tiny_corpus / "heldout.tsv")
 
 
-def make_evaluator(subset, **settings):
+def make_evaluator(subset, adapter=None, **settings):
     from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
     config = EvaluationConfig(**{"clusters": 8, "bootstrap": 50, "mask_length": 5, **settings})
-    return Evaluator(config, subset, FairseqMaskedPredictionAdapter())
+    return Evaluator(config, subset, adapter if adapter is not None else FairseqMaskedPredictionAdapter())
 
 
 def test_record_is_complete_deterministic_and_leaves_the_model_as_it_was(subset, one_torch_thread):
@@ -184,3 +187,117 @@ def test_data2vec_audio_is_scored_with_masked_views(subset, one_torch_thread):
     for layer in ("1", "2"):  # random weights: a bound near 0, finite, within its entropy term
         result = record["layers"][layer]
         assert -0.1 < result["mi_bits"] <= result["h_c_bits"] and result["ci95_bits"][0] <= result["mi_bits"]
+
+
+def _training_state(model: torch.nn.Module) -> dict:
+    """What an evaluation must leave as it was: weights, gradients, dtypes, modes and every RNG."""
+    return {
+        "weights": {name: value.detach().clone() for name, value in model.state_dict().items()},
+        "grads": {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None},
+        "dtypes": {name: p.dtype for name, p in model.named_parameters()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "training": {name: module.training for name, module in model.named_modules()},
+        "grad_enabled": torch.is_grad_enabled(),
+        "rng": (random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state()),
+    }
+
+
+def _assert_same_training_state(before: dict, after: dict) -> None:
+    for key in ("dtypes", "requires_grad", "training", "grad_enabled"):
+        assert after[key] == before[key], key
+    for key in ("weights", "grads"):
+        assert after[key].keys() == before[key].keys(), key
+        assert all(torch.equal(after[key][name], value) for name, value in before[key].items()), key
+    assert after["rng"][0] == before["rng"][0]
+    assert np.array_equal(after["rng"][1], before["rng"][1]) and torch.equal(after["rng"][2], before["rng"][2])
+
+
+def _one_training_step(model: torch.nn.Module, subset) -> None:
+    """A real update of the model, so it holds gradients as in training (plain SGD: Adam's eps
+    underflows in pure fp16; real fp16 training keeps float32 master weights)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    waveform = torch.from_numpy(subset.utterances[0].waveform[:16000])[None].to(next(model.parameters()).dtype)
+    result = model(waveform, None, mask=True, features_only=True)
+    loss = result["x"].float().pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_model_is_scored_and_left_as_it_was(subset, dtype, one_torch_thread):
+    """fp16/bf16 training (issue 3): a model converted with .to(dtype) (CPU; both run here with torch
+    2.11) is scored from its half-precision features (cast to float32 for the estimators), with values
+    close to the float32 model's, and keeps its dtype, mode, weights, gradients and RNG state."""
+    reference = make_evaluator(subset, layers=(1, 2)).evaluate(tiny_wav2vec2())["metrics"]
+    model = tiny_wav2vec2().to(dtype).train()
+    _one_training_step(model, subset)
+    before = _training_state(model)
+    record = make_evaluator(subset, layers=(1, 2)).evaluate(model)
+    _assert_same_training_state(before, _training_state(model))
+    assert all(p.dtype == dtype for p in model.parameters()) and model.training
+    assert record["status"] == "ok" and math.isfinite(record["metrics"]["mi_bits"])
+    # one SGD step at lr 1e-3 barely moves the weights: the half-precision features are the float32
+    # features up to rounding (the effective rank of 64-dim features agrees within 1 %)
+    for layer in (1, 2):
+        assert record["metrics"][f"rankme_l{layer}"] == pytest.approx(reference[f"rankme_l{layer}"], rel=0.01)
+        assert record["metrics"][f"h_c_bits_l{layer}"] == pytest.approx(reference[f"h_c_bits_l{layer}"], abs=0.15)
+        assert record["metrics"][f"mi_bits_l{layer}"] == pytest.approx(reference[f"mi_bits_l{layer}"], abs=0.05)
+
+
+class OutOfMemoryOnDemand(FairseqMaskedPredictionAdapter):
+    """The real fairseq adapter, except that once armed it raises what torch raises when a GPU runs
+    out of memory (``torch.cuda.OutOfMemoryError`` can be built without a GPU) from the forward of
+    the ``at_batch``-th batch, after the batches before it ran for real."""
+
+    def __init__(self) -> None:
+        self.armed_at_batch: int | None = None
+        self.calls = 0
+
+    def arm(self, at_batch: int) -> None:
+        self.armed_at_batch, self.calls = at_batch, 0
+
+    def extract_views(self, model, waveforms, frame_mask, layers):
+        self.calls += 1
+        if self.armed_at_batch is not None and self.calls == self.armed_at_batch:
+            self.armed_at_batch = None
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB")
+        return super().extract_views(model, waveforms, frame_mask, layers)
+
+
+def test_out_of_memory_in_an_evaluation_is_recorded_and_costs_nothing(subset, tmp_path, one_torch_thread, caplog):
+    """ok -> out of memory in the forward of the second batch -> ok: the failure is logged and recorded
+    with its reason, the best stays the first evaluation, the model's training state is untouched, and
+    the next evaluation gives exactly the first one's value (nothing of the failed one lingers)."""
+    from ssl_mi_callback.callback import MICallback
+    from ssl_mi_callback.selector import CheckpointSelector, SelectionConfig
+
+    adapter = OutOfMemoryOnDemand()
+    evaluator = make_evaluator(subset, adapter, batch_seconds=4.0)
+    assert len(evaluator.batches) >= 3
+    history = tmp_path / "history.jsonl"
+    callback = MICallback(evaluator, CheckpointSelector(SelectionConfig(min_delta=1e-9), history_path=history))
+    model = tiny_wav2vec2().train()
+    _one_training_step(model, subset)
+    first = callback.evaluate(model, step=10)
+    assert first["status"] == "ok" and first["is_best"]
+
+    adapter.arm(at_batch=2)
+    before = _training_state(model)
+    with caplog.at_level("WARNING", logger="ssl_mi_callback"):
+        failed = callback.evaluate(model, step=20)
+    _assert_same_training_state(before, _training_state(model))
+    assert adapter.calls == 2  # the first batch ran, the second raised, the evaluation stopped there
+    assert failed["status"] == "failed" and not failed["is_best"] and failed["metrics"] == {}
+    assert failed["error"].startswith("EvaluationError: rank 0: OutOfMemoryError: CUDA out of memory. Tried to allocate")
+    assert any("MI evaluation at step 20 failed, training continues: EvaluationError: rank 0: OutOfMemoryError"
+               in r.getMessage() for r in caplog.records)
+    assert callback.selector.best["step"] == 10 and callback.selector.best["metrics"] == first["metrics"]
+
+    again = callback.evaluate(model, step=30)
+    assert again["status"] == "ok" and again["metrics"] == first["metrics"] and not again["is_best"]  # a tie: older wins
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [(r["step"], r["status"]) for r in lines] == [(10, "ok"), (20, "failed"), (30, "ok")]
+    assert lines[1]["error"] == failed["error"]
+    assert callback.selector.best["step"] == 10

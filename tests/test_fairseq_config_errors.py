@@ -24,8 +24,11 @@ def corpus(speech_corpus):
         (["dataset.validate_interval_updates=30"], "not a multiple of checkpoint.save_interval_updates"),
         (["task.mi_layers=last"], "task.mi_layers=last"),
         (["task.mi_layers=-9"], "layer -9 does not exist"),
+        (["checkpoint.no_save=true"], "checkpoint.no_save=true: checkpoint_best.pt would never follow the MI"),
+        (["dataset.disable_validation=true"], "dataset.disable_validation=true: MI is computed at validation"),
     ],
-    ids=["metric-typo", "minimize", "missing-heldout", "intervals", "layers-syntax", "layer-range"],
+    ids=["metric-typo", "minimize", "missing-heldout", "intervals", "layers-syntax", "layer-range", "no-save",
+         "no-validation"],
 )
 def test_misconfiguration_fails_early_with_one_line(corpus, tmp_path, overrides, expected):
     run = train("tiny_wav2vec2", corpus, tmp_path / "checkpoints", ["optimization.max_update=100", *overrides])

@@ -7,7 +7,6 @@ the real checkpoints both with our loader and with fairseq's own.
 """
 from __future__ import annotations
 
-import builtins
 import os
 import pickle
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import require
+from payloads import ExecPayload, SystemPayload
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "fairseq"
@@ -30,23 +30,6 @@ def safe_load():
     from ssl_mi_callback.integrations.fairseq import safe_load
 
     return safe_load
-
-
-# --- payloads that would run code if unpickled ---------------------------------------------------
-class _SystemPayload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
-class _ExecPayload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
 def _fairseq_shaped(payload) -> dict:
@@ -65,7 +48,7 @@ def _fairseq_shaped_plain(payload) -> dict:
     return {"args": None, "model": {}, "extra_state": {"best": payload}}
 
 
-@pytest.mark.parametrize("payload_class", [_SystemPayload, _ExecPayload])
+@pytest.mark.parametrize("payload_class", [SystemPayload, ExecPayload])
 def test_payloads_do_run_under_plain_pickle(tmp_path, payload_class):
     """Control: the marker mechanism works, so a missing marker below means the payload was stopped."""
     marker = tmp_path / "pwned"
@@ -73,7 +56,7 @@ def test_payloads_do_run_under_plain_pickle(tmp_path, payload_class):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("payload_class", [_SystemPayload, _ExecPayload])
+@pytest.mark.parametrize("payload_class", [SystemPayload, ExecPayload])
 @pytest.mark.parametrize("mmap", [False, True])
 def test_malicious_checkpoint_is_refused_and_payload_never_runs(safe_load, tmp_path, payload_class, mmap):
     import torch
@@ -91,7 +74,7 @@ def test_malicious_raw_pickle_is_refused(safe_load, tmp_path):
     """A plain pickle (not torch's zip format) goes through the legacy path: refused as well."""
     marker = tmp_path / "pwned"
     path = tmp_path / "checkpoint_last.pt"
-    path.write_bytes(pickle.dumps(_fairseq_shaped_plain(_SystemPayload(marker)), protocol=2))
+    path.write_bytes(pickle.dumps(_fairseq_shaped_plain(SystemPayload(marker)), protocol=2))
     for mmap in (False, True):
         with pytest.raises(safe_load.UnsafeCheckpointError, match="unsupported global posix.system"):
             safe_load.load_checkpoint(path, mmap=mmap)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -39,11 +40,24 @@ def _best_step(history):
     return best
 
 
+def _validations(run) -> dict[int, str]:
+    """Validation log line by update (fairseq prints ``num_updates`` in each)."""
+    return {int(metric_in_line(line, "num_updates")): line for line in run.valid_lines()}
+
+
+# The recipe's own length (300 updates, validation + save every 50): the infoNCE loss falls to the end
+# while the MI of the last layer peaks mid-run (update 200 when written: 0.75 bits, 0.68 at 300), so
+# checkpoint_best by MI is neither the lowest-loss checkpoint nor the last one (which fairseq rotates).
+W2V_UPDATES = 300
+W2V_STEPS = list(range(50, W2V_UPDATES + 1, 50))
+
+
 @pytest.fixture(scope="module")
 def wav2vec2_run(corpus, tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("w2v") / "checkpoints"
     tensorboard = save_dir.parent / "tensorboard"
-    run = train("tiny_wav2vec2", corpus, save_dir, ["optimization.max_update=150", f"common.tensorboard_logdir={tensorboard}"])
+    run = train("tiny_wav2vec2", corpus, save_dir,
+                [f"optimization.max_update={W2V_UPDATES}", f"common.tensorboard_logdir={tensorboard}"])
     assert run.returncode == 0, run.output[-4000:]
     return run
 
@@ -58,7 +72,7 @@ def test_mi_reaches_tensorboard(wav2vec2_run):
 
 def test_mi_is_in_every_validation_line(wav2vec2_run):
     lines = wav2vec2_run.valid_lines()
-    assert len(lines) == 3, "\n".join(lines)
+    assert len(lines) == len(W2V_STEPS), "\n".join(lines)
     history = wav2vec2_run.history()
     for line, record in zip(lines, history):
         assert math.isclose(metric_in_line(line, "mi_bits"), record["metrics"]["mi_bits"], abs_tol=1e-4)
@@ -68,7 +82,7 @@ def test_mi_is_in_every_validation_line(wav2vec2_run):
 
 def test_history_is_complete(wav2vec2_run):
     history = wav2vec2_run.history()
-    assert [r["step"] for r in history] == [50, 100, 150]
+    assert [r["step"] for r in history] == W2V_STEPS
     for record in history:
         assert record["status"] == "ok"
         assert math.isfinite(record["metrics"]["mi_bits"])
@@ -80,12 +94,22 @@ def test_history_is_complete(wav2vec2_run):
 
 def test_checkpoint_best_follows_mi_not_loss(wav2vec2_run):
     history = wav2vec2_run.history()
+    validations = _validations(wav2vec2_run)
+    assert sorted(validations) == [r["step"] for r in history]
+    losses = {step: metric_in_line(line, "loss") for step, line in validations.items()}
     best_score, best_step = _best_step(history)
+    lowest_loss_step = min(losses, key=lambda step: (losses[step], -step))
+    assert lowest_loss_step != best_step, (
+        f"the test needs a run where the validation loss and the MI disagree, to show that checkpoint_best "
+        f"follows the MI; here both are best at update {best_step} (loss by update {losses}, MI by update "
+        f"{ {r['step']: r['metrics']['mi_bits'] for r in history} }): change the run (updates, lr, layer) until they disagree"
+    )
     state = _load(wav2vec2_run.save_dir / "checkpoint_best.pt")
-    assert state["optimizer_history"][-1]["num_updates"] == best_step
+    assert state["optimizer_history"][-1]["num_updates"] == best_step, "checkpoint_best.pt is not the MI-best update"
     assert math.isclose(state["extra_state"]["best"], best_score, abs_tol=1e-9)
-    # fairseq's own best is the MI maximum, not the lowest validation loss
-    assert state["extra_state"]["best"] == max(r["metrics"]["mi_bits"] for r in history)
+    assert math.isclose(state["extra_state"]["val_loss"], best_score, abs_tol=1e-9)  # fairseq's "val_loss" is our MI
+    # fairseq's best-so-far of the MI is in every validation line; at the end it is the history's maximum
+    assert math.isclose(metric_in_line(validations[max(validations)], "best_mi_bits"), best_score, abs_tol=1e-4)
 
 
 def test_export_loads_and_matches_the_best_update(wav2vec2_run):
@@ -94,18 +118,44 @@ def test_export_loads_and_matches_the_best_update(wav2vec2_run):
     from ssl_mi_callback.selection import read_sidecar
 
     history = wav2vec2_run.history()
-    _, best_step = _best_step(history)
-    export = wav2vec2_run.save_dir / "checkpoint_mi_best.pt"
+    best_score, best_step = _best_step(history)
+    best_record = next(r for r in history if r["step"] == best_step)
+    save_dir = wav2vec2_run.save_dir
+    export = save_dir / "checkpoint_mi_best.pt"
     sidecar = read_sidecar(export, verify=True)
     assert sidecar["update"] == best_step and sidecar["metric"] == "mi_bits"
+    assert sidecar["epoch"] == best_record["epoch"] and sidecar["score"] == best_score
+    assert sidecar["layers"] == best_record["settings"]["layers"] == [-1]
+    assert sidecar["selection"] == best_record["settings"]["selection"] == "last"
+    assert sidecar["settings"] == best_record["settings"] and sidecar["subset"] == best_record["subset"]
+    assert sidecar["source"]
+    source = save_dir / f"checkpoint_{best_record['epoch']}_{best_step}.pt"
+    assert sidecar["fairseq_checkpoint"] == str(source)
     exported = _load(export)
-    fairseq_best = _load(wav2vec2_run.save_dir / "checkpoint_best.pt")
+    written_by_export = ("file", "bytes", "sha256", "written_at")
+    assert exported["extra_state"]["ssl_mi"] == {k: v for k, v in sidecar.items() if k not in written_by_export}
     assert exported["cfg"]["task"]["_name"] == "audio_pretraining"
+    fairseq_best = _load(save_dir / "checkpoint_best.pt")
     for name, tensor in fairseq_best["model"].items():
         assert torch.equal(tensor, exported["model"][name]), name
-    # loads with stock fairseq, no plugin needed
+    # slim: weights, cfg and task state; no optimizer state, no data iterator (checkpoint_best.pt has both)
+    assert "last_optimizer_state" in fairseq_best and "last_optimizer_state" not in exported
+    assert "train_iterator" in fairseq_best["extra_state"] and "train_iterator" not in exported["extra_state"]
+    assert export.stat().st_size < 0.5 * (save_dir / "checkpoint_best.pt").stat().st_size
+    # fairseq's rotation (keep_interval_updates: 1) deleted its checkpoint of the best update; the export stays
+    last_step, last_epoch = history[-1]["step"], history[-1]["epoch"]
+    assert best_step != last_step, f"the rotation check needs a run whose MI peaks before its last update ({last_step})"
+    assert f"Saved checkpoint {source} " in wav2vec2_run.output, f"fairseq never saved {source.name}"
+    assert not source.exists(), f"{source.name} should have been rotated away (keep_interval_updates: 1)"
+    interval_checkpoints = [path.name for path in save_dir.iterdir() if re.fullmatch(r"checkpoint_\d+_\d+\.pt", path.name)]
+    assert interval_checkpoints == [f"checkpoint_{last_epoch}_{last_step}.pt"]
+    last = _load(save_dir / "checkpoint_last.pt")
+    assert any(not torch.equal(tensor, exported["model"][name]) for name, tensor in last["model"].items())
+    # loads with stock fairseq, no plugin needed, and holds the best update's weights
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(export)])
     assert type(task).__name__ == "AudioPretrainingTask"
+    for name, tensor in models[0].state_dict().items():
+        assert torch.equal(tensor, fairseq_best["model"][name]), name
 
 
 def test_resume_continues_history_and_best(corpus, tmp_path):
@@ -171,7 +221,7 @@ def test_score_command_reproduces_the_hook_and_adds_the_phone_probe(wav2vec2_run
     scores = json.loads(out.read_text())
     best, last, failed = scores["checkpoints"]
     assert failed["status"] == "failed" and failed["error"] and failed["checkpoint"] == str(broken)
-    assert best["step"] == max(by_step, key=lambda step: (by_step[step], step)) and last["step"] == 150
+    assert best["step"] == max(by_step, key=lambda step: (by_step[step], step)) and last["step"] == W2V_UPDATES
     for record in (best, last):
         assert record["status"] == "ok" and record["settings"]["clusters"] == 16
         assert math.isclose(record["metrics"]["mi_bits"], by_step[record["step"]], abs_tol=1e-4)

@@ -75,12 +75,12 @@ def nan_mask_embedding_during_evaluation(step: int):
     return NaNMaskEmbedding()
 
 
-def mi_callback(tiny_corpus, **settings):
+def mi_callback(tiny_corpus, *, strict: bool = False, **settings):
     from ssl_mi_callback.evaluator import EvaluationConfig
     from ssl_mi_callback.integrations.huggingface import MITrainerCallback
 
     config = EvaluationConfig(**{"layers": (1, -1), "clusters": 8, "bootstrap": 50, "mask_length": 5, **settings})
-    return MITrainerCallback(tiny_corpus / "heldout.tsv", config)
+    return MITrainerCallback(tiny_corpus / "heldout.tsv", config, strict=strict)
 
 
 def make_trainer(tiny_corpus, output_dir, callbacks, **changes):
@@ -132,16 +132,21 @@ def first_run(tiny_corpus, tmp_path_factory):
 
 
 def test_trainer_keeps_and_reloads_the_best_mi_checkpoint(first_run):
+    """ok -> failed -> ok -> ok: the Trainer's best (by eval_mi_bits) is the best scored evaluation; the
+    failed one reports -inf, which is never greater than the Trainer's best (it starts at -inf too)."""
     trainer, callback, output_dir, after_training = first_run
     history = callback.history_records()
     assert [(r["step"], r["status"]) for r in history] == [(10, "ok"), (20, "failed"), (30, "ok"), (40, "ok")]
     assert "non-finite features" in history[1]["error"]
     best_step = expected_best_step(history)  # tiny random models often tie (e.g. at 0.0 bits): the older one wins
-    assert callback.best["step"] == best_step == trainer.state.best_global_step
+    assert callback.best["step"] == best_step == trainer.state.best_global_step != 20
     assert trainer.state.best_model_checkpoint == str(output_dir / f"checkpoint-{best_step}")
     assert trainer.state.best_metric == callback.best["metrics"]["mi_bits"]
     # the Trainer's own log has our metrics at every evaluation; -inf where ours failed; step 0 (eval_on_start) unrecorded
-    logged = {e["step"]: e["eval_mi_bits"] for e in trainer.state.log_history if "eval_mi_bits" in e}
+    logged = {}  # the first entry per step: trainer.evaluate() after training logs at step 40 again (the reloaded best)
+    for entry in trainer.state.log_history:
+        if "eval_mi_bits" in entry:
+            logged.setdefault(entry["step"], entry["eval_mi_bits"])
     assert set(logged) == {0, 10, 20, 30, 40} and logged[20] == -math.inf
     assert all(logged[r["step"]] == r["metrics"]["mi_bits"] for r in history if r["status"] == "ok")
     scored_entries = [e for e in trainer.state.log_history if "eval_mi_bits" in e and e["step"] != 20]
@@ -193,6 +198,36 @@ def test_resume_continues_the_history_and_the_best(first_run, tiny_corpus, tmp_p
     best_step = expected_best_step(history)
     assert live[0].best["step"] == best_step == trainer.state.best_global_step
     assert trainer.state.best_model_checkpoint == str(output_dir / f"checkpoint-{best_step}")
+
+
+def test_strict_reraises_the_evaluation_error(tiny_corpus, tmp_path, one_torch_thread):
+    """strict=True: the first scheduled evaluation fails (NaN mask embedding) and train() ends with the
+    evaluation's error; nothing is recorded and the Trainer has no best checkpoint."""
+    _require_trainer()
+    from ssl_mi_callback.evaluator import EvaluationError
+
+    callback = mi_callback(tiny_corpus, strict=True)
+    trainer = make_trainer(tiny_corpus, tmp_path, [callback, nan_mask_embedding_during_evaluation(step=EVERY)],
+                           max_steps=2 * EVERY)
+    with pytest.raises(EvaluationError, match=r"rank 0: ValueError: non-finite features \(NaN/inf\)"):
+        trainer.train()
+    assert trainer.state.global_step == EVERY
+    assert callback.history_records() == [] and callback.best is None
+    assert trainer.state.best_metric is None and trainer.state.best_model_checkpoint is None
+
+
+def test_a_run_whose_evaluations_all_failed_has_no_best(tiny_corpus, tmp_path, one_torch_thread):
+    """The only evaluation fails: it reports -inf, which never beats the Trainer's starting best (-inf),
+    so the Trainer has no best step or checkpoint and no invented finite best."""
+    _require_trainer()
+    callback = mi_callback(tiny_corpus)
+    trainer = make_trainer(tiny_corpus, tmp_path, [callback, nan_mask_embedding_during_evaluation(step=EVERY)],
+                           max_steps=EVERY)
+    trainer.train()
+    assert [(r["step"], r["status"]) for r in callback.history_records()] == [(EVERY, "failed")]
+    assert callback.best is None
+    assert trainer.state.best_metric == -math.inf
+    assert trainer.state.best_global_step is None and trainer.state.best_model_checkpoint is None
 
 
 def test_misconfiguration_is_refused_at_construction(tiny_corpus, tmp_path):

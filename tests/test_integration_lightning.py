@@ -1,7 +1,8 @@
 """MILightningCallback in real Lightning training: a tiny torchaudio HuBERT (HuBERTPretrainModel) learns
 to predict the generated corpus's 20 ms phone ids from masked speech (HuBERT's masked-prediction loss)
 on CPU, with the MI evaluated at every validation; ModelCheckpoint and EarlyStopping monitor
-``mi_bits`` unchanged, and a resumed run continues the callback's best-so-far and history."""
+``mi_bits`` unchanged, a resumed run continues the callback's best-so-far and history, and a failed
+evaluation (NaN held-out audio through the real forward) costs neither the run nor the best checkpoint."""
 from __future__ import annotations
 
 import csv
@@ -257,7 +258,7 @@ def test_early_stopping_on_mi_bits(tiny_corpus, subset, tmp_path, one_torch_thre
 
     pl.seed_everything(0, verbose=False)
     mi = make_mi_callback(subset, model="model")
-    stopper = EarlyStopping(monitor="mi_bits", mode="max", patience=1)
+    stopper = EarlyStopping(monitor="mi_bits", mode="max", patience=1, check_finite=False)
     trainer = make_trainer(tmp_path, 60, [mi, stopper])
     trainer.fit(make_module(tiny_corpus))
     records = read_history(tmp_path / "mi_history.jsonl")
@@ -273,29 +274,131 @@ def test_early_stopping_on_mi_bits(tiny_corpus, subset, tmp_path, one_torch_thre
     assert stopper.best_score.item() == pytest.approx(best, abs=1e-6)
 
 
-def test_failed_evaluations_never_end_the_run(tiny_corpus, subset, tmp_path, one_torch_thread):
-    """Held-out audio that turns into NaN features: every evaluation fails, is recorded as failed and logs a
-    finite mi_bits far below any bound; ModelCheckpoint and EarlyStopping (check_finite) train on."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
+def with_nan_audio(subset):
+    """The held-out subset with its first utterance replaced by NaN samples (a copy: the fixture's
+    audio is untouched): the real forward turns it into NaN features and the evaluation fails."""
     from ssl_mi_callback.data import Utterance
-    from ssl_mi_callback.integrations.lightning import FAILED_MI_BITS
 
     broken = list(subset.utterances)
     first = broken[0]
     broken[0] = Utterance(first.index, first.uid, np.full_like(first.waveform, np.nan), first.path)
-    mi = make_mi_callback(dataclasses.replace(subset, utterances=broken), "h.jsonl", model=lambda m: m.model)
+    return dataclasses.replace(subset, utterances=broken)
+
+
+def nan_audio_at(mi, step: int):
+    """Fault injection (listed before ``mi``): at the validation of ``step`` the first held-out
+    utterance's samples are NaN while ``mi`` evaluates; restored before the checkpoint callbacks run
+    (Lightning always runs them last), so only that evaluation fails."""
+    from lightning.pytorch.callbacks import Callback
+
+    class NaNAudio(Callback):
+        saved = None
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if trainer.global_step == step and not trainer.sanity_checking:
+                waveform = mi.evaluator.batches[0].utterances[0].waveform
+                self.saved = waveform.copy()
+                waveform[:] = np.nan
+
+        def on_validation_end(self, trainer, pl_module):
+            if self.saved is not None:
+                mi.evaluator.batches[0].utterances[0].waveform[:] = self.saved
+                self.saved = None
+
+    return NaNAudio()
+
+
+def test_a_failed_evaluation_between_scored_ones_keeps_the_best_checkpoint(first_run, tiny_corpus, subset, tmp_path,
+                                                                           one_torch_thread, caplog):
+    """ok -> failed -> ok, the failure at the evaluation that is the best in the first run (same seed,
+    same values): ModelCheckpoint's best_model_path/best_model_score come from the best *scored*
+    evaluation, never the failed one, whose checkpoint (save_top_k=-1 keeps every one) is scored -inf;
+    EarlyStopping (check_finite=False) trains on; the other evaluations keep the first run's values."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    first_scores = {r["step"]: r["metrics"]["mi_bits"] for r in read_history(first_run["tmp_path"] / "mi_history.jsonl")}
+    inner = {step: score for step, score in first_scores.items() if VAL_EVERY < step < 30}
+    failing_step = max(inner, key=inner.get)
+    assert inner[failing_step] > first_scores[VAL_EVERY]  # the failure hides a real best-so-far
+    steps = list(range(VAL_EVERY, failing_step + 2 * VAL_EVERY, VAL_EVERY))
+
+    own = dataclasses.replace(subset, utterances=list(subset.utterances))  # the injection touches a copy only
+    own.utterances[0] = dataclasses.replace(own.utterances[0], waveform=own.utterances[0].waveform.copy())
+    pl.seed_everything(0, verbose=False)
+    mi = make_mi_callback(own)
+    every = ModelCheckpoint(dirpath=tmp_path / "every", filename="{step}", monitor="mi_bits", mode="max", save_top_k=-1)
+    stopper = EarlyStopping(monitor="mi_bits", mode="max", patience=10, check_finite=False)
+    trainer = make_trainer(tmp_path, steps[-1], [nan_audio_at(mi, failing_step), mi, every, stopper])
+    with caplog.at_level("WARNING", logger="ssl_mi_callback"):
+        trainer.fit(make_module(tiny_corpus))
+    assert trainer.global_step == steps[-1]
+
+    records = read_history(tmp_path / "mi_history.jsonl")
+    assert [(r["step"], r["status"]) for r in records] == [(s, "failed" if s == failing_step else "ok") for s in steps]
+    failed = records[steps.index(failing_step)]
+    assert "non-finite features" in failed["error"] and failed["metrics"] == {}
+    assert any(f"MI evaluation at step {failing_step} failed, training continues" in r.getMessage() for r in caplog.records)
+    scored = [r for r in records if r["status"] == "ok"]
+    for record in scored:  # the failure changed nothing else
+        assert record["metrics"]["mi_bits"] == pytest.approx(first_scores[record["step"]], abs=1e-4)
+
+    expected = history_best(records)
+    assert expected["step"] != failing_step and mi.best["step"] == expected["step"]
+    assert every.best_model_score.item() == pytest.approx(expected["metrics"]["mi_bits"], abs=1e-6)
+    assert every.best_model_path == str(tmp_path / "every" / f"step={expected['step']}.ckpt")
+    assert torch.load(every.best_model_path, map_location="cpu", weights_only=False)["global_step"] == expected["step"]
+    scores = {Path(path).name: score.item() for path, score in every.best_k_models.items()}
+    assert scores == pytest.approx({f"step={r['step']}.ckpt": r["metrics"].get("mi_bits", -math.inf) for r in records},
+                                   abs=1e-6)  # (float32 tensors)
+    assert stopper.best_score.item() == pytest.approx(max(r["metrics"]["mi_bits"] for r in scored), abs=1e-6)
+
+
+def test_failed_evaluations_never_end_the_run(tiny_corpus, subset, tmp_path, one_torch_thread):
+    """Every evaluation fails (NaN held-out audio): each is recorded as failed and logs mi_bits = -inf, no
+    invented score; ModelCheckpoint is left with no finite best (best_model_score -inf) and EarlyStopping
+    (check_finite=False) trains on."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from ssl_mi_callback.integrations.lightning import FAILED_MI_BITS
+
+    mi = make_mi_callback(with_nan_audio(subset), "h.jsonl", model=lambda m: m.model)
     pl.seed_everything(0, verbose=False)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="mi_bits", mode="max")
-    trainer = make_trainer(tmp_path, 10, [mi, checkpoint, EarlyStopping(monitor="mi_bits", mode="max", patience=3)])
+    stopper = EarlyStopping(monitor="mi_bits", mode="max", patience=3, check_finite=False)
+    trainer = make_trainer(tmp_path, 10, [mi, checkpoint, stopper])
     trainer.fit(make_module(tiny_corpus))
     assert trainer.global_step == 10
     records = read_history(tmp_path / "h.jsonl")
     assert [(r["step"], r["status"]) for r in records] == [(5, "failed"), (10, "failed")]
     assert "non-finite features" in records[0]["error"]
-    assert trainer.callback_metrics["mi_bits"].item() == pytest.approx(FAILED_MI_BITS)
+    assert FAILED_MI_BITS == -math.inf
+    for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2"):  # every metric a checkpoint may select on
+        assert trainer.callback_metrics[key].item() == -math.inf, key
+    assert "h_c_bits_l2" not in trainer.callback_metrics
+    assert not math.isfinite(checkpoint.best_model_score.item())
+    assert all(score.item() == -math.inf for score in checkpoint.best_k_models.values())
     assert mi.best is None
+
+
+def test_strict_reraises_the_evaluation_error(tiny_corpus, subset, tmp_path, one_torch_thread):
+    """strict=True: the first failed evaluation ends fit with its error, nothing is recorded as best,
+    and an EarlyStopping with check_finite=True (its default) is allowed since -inf is never logged."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from ssl_mi_callback.evaluator import EvaluationError
+
+    mi = make_mi_callback(with_nan_audio(subset), "strict.jsonl", strict=True)
+    pl.seed_everything(0, verbose=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="mi_bits", mode="max")
+    trainer = make_trainer(tmp_path, 10, [mi, checkpoint, EarlyStopping(monitor="mi_bits", mode="max")])
+    with pytest.raises(EvaluationError, match=r"rank 0: ValueError: non-finite features \(NaN/inf\)"):
+        trainer.fit(make_module(tiny_corpus))
+    assert trainer.global_step == VAL_EVERY
+    assert mi.best is None and mi.history() == []
+    assert checkpoint.best_model_path == "" and checkpoint.best_model_score is None
 
 
 def test_misconfiguration_stops_before_training(tiny_corpus, subset, tmp_path, one_torch_thread):
@@ -308,4 +411,15 @@ def test_misconfiguration_stops_before_training(tiny_corpus, subset, tmp_path, o
         make_trainer(tmp_path, 5, [make_mi_callback(subset, "b.jsonl")]).fit(module)
     with pytest.raises(ValueError, match="would never evaluate"):
         make_mi_callback(subset, evaluate_on_validation=False)
+    module = make_module(tiny_corpus)
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    stopper = EarlyStopping(monitor="mi_bits", mode="max")  # check_finite=True: a failure would end the run
+    with pytest.raises(ValueError, match=r"EarlyStopping\(monitor='mi_bits'\) has check_finite=True, so the first "
+                                         r"failed MI evaluation \(logged as -inf\) would end training: pass check_finite=False"):
+        make_trainer(tmp_path, 5, [make_mi_callback(subset, "c.jsonl"), stopper]).fit(module)
+    worst = ModelCheckpoint(monitor="mi_bits_l1")  # mode="min" (ModelCheckpoint's default) keeps the worst
+    with pytest.raises(ValueError, match=r"ModelCheckpoint\(monitor='mi_bits_l1'\) has mode='min', .* set mode='max'"):
+        make_trainer(tmp_path, 5, [make_mi_callback(subset, "d.jsonl"), worst]).fit(module)
+    assert module.global_step == 0
     assert not any(tmp_path.glob("*.jsonl"))

@@ -1,6 +1,8 @@
 """Distributed edge cases with real gloo processes (CPU): uneven shards, a rank with no held-out
-batch, a failure on one rank, and only rank 0 writing -- at the evaluator level (torch.multiprocessing
-+ gloo, like tests/test_evaluator.py) and in a real two-process fairseq run (torchrun)."""
+batch, a failure on one rank (in the feature stage and in the estimator stage), and only rank 0
+writing -- at the evaluator level (torch.multiprocessing + gloo, like tests/test_evaluator.py, under a
+deadline so a rank left waiting in a collective fails the test instead of hanging it) and in a real
+two-process fairseq run (torchrun)."""
 from __future__ import annotations
 
 import json
@@ -24,13 +26,20 @@ CASES = {
 }
 
 
-def _evaluator(heldout, case, rank=0, world_size=1):
+# rank 1's estimator stage asks k-means for more clusters than the fit part has frames: a real
+# EstimatorInputError raised by the real estimator after the features were gathered, on rank 1 only
+# (rank 0 scores the same features with 8 clusters and reaches the collective that follows)
+ESTIMATOR_FAILS_ON_RANK_1 = 100_000
+GLOO_DEADLINE_SECONDS = 300
+
+
+def _evaluator(heldout, case, rank=0, world_size=1, clusters=8):
     from ssl_mi_callback.data import load_heldout
     from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
     settings = CASES[case]
-    config = EvaluationConfig(clusters=8, bootstrap=50, mask_length=5, **settings["config"])
+    config = EvaluationConfig(clusters=clusters, bootstrap=50, mask_length=5, **settings["config"])
     subset = load_heldout(heldout, **settings["load"])
     return Evaluator(config, subset, FairseqMaskedPredictionAdapter(), rank=rank, world_size=world_size)
 
@@ -43,8 +52,10 @@ def _worker(rank, world_size, heldout, out_dir):
 
     model = tiny_wav2vec2()
     results = {}
-    for case in [*CASES, "nan_on_rank_1"]:
-        evaluator = _evaluator(heldout, "uneven" if case == "nan_on_rank_1" else case, rank, world_size)
+    # the failures come first: the cases after them prove that both ranks left them in step
+    for case in ["estimator_fails_on_rank_1", "nan_on_rank_1", *CASES]:
+        clusters = ESTIMATOR_FAILS_ON_RANK_1 if case == "estimator_fails_on_rank_1" and rank == 1 else 8
+        evaluator = _evaluator(heldout, case if case in CASES else "uneven", rank, world_size, clusters)
         results[f"{case}_local_batches"] = len(evaluator.batches[rank::world_size])
         if case == "nan_on_rank_1" and rank == 1:
             evaluator.batches[1].utterances[0].waveform[:] = np.nan  # rank 1's first batch
@@ -62,7 +73,7 @@ def heldout(tiny_corpus):
 
 
 def test_uneven_shards_empty_rank_and_one_failing_rank(heldout, tmp_path):
-    run_in_gloo_processes(_worker, (heldout, str(tmp_path)))
+    run_in_gloo_processes(_worker, (heldout, str(tmp_path)), deadline_seconds=GLOO_DEADLINE_SECONDS)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     from test_evaluator import tiny_wav2vec2
@@ -91,8 +102,21 @@ def test_uneven_shards_empty_rank_and_one_failing_rank(heldout, tmp_path):
         assert "rank 1: ValueError: non-finite features" in failed["error"], failed["error"]
     history = [json.loads(line) for line in (tmp_path / "nan_on_rank_1.jsonl").read_text().splitlines()]
     assert [(r["step"], r["status"]) for r in history] == [(10, "failed")]
+
+    # the estimator stage fails on rank 1 only, after the features were gathered: rank 0 finished its
+    # estimate and waits in the collective that agrees on the value; it gets rank 1's error there, so
+    # both ranks record the same failure (no hang: the deadline above), and the ok cases that ran after
+    # it on the same process group prove both ranks left it in step
+    assert ranks[0]["estimator_fails_on_rank_1"] == ranks[1]["estimator_fails_on_rank_1"]
+    failed = ranks[0]["estimator_fails_on_rank_1"]
+    assert failed["status"] == "failed" and failed["metrics"] == {}
+    assert re.fullmatch(
+        rf"EvaluationError: rank 1: EstimatorInputError: the fit part has \d+ frames, fewer than "
+        rf"clusters={ESTIMATOR_FAILS_ON_RANK_1}", failed["error"]), failed["error"]
+    history = [json.loads(line) for line in (tmp_path / "estimator_fails_on_rank_1.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["status"], r["error"]) for r in history] == [(10, "failed", failed["error"])]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{case}.jsonl" for case in [*CASES, "nan_on_rank_1"]] + ["rank0.json", "rank1.json"])
+        [f"{case}.jsonl" for case in [*CASES, "nan_on_rank_1", "estimator_fails_on_rank_1"]] + ["rank0.json", "rank1.json"])
 
 
 @pytest.mark.slow

@@ -1,10 +1,17 @@
 """Offline scoring pieces that need no training run: label files, label alignment, loaders, ranking."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import require
-from hypothesis import given
+from payloads import ExecPayload, SystemPayload
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssl_mi_callback.labels import LABEL_FRAME_TOLERANCE, align_labels, parse_label_lines, read_frame_labels
@@ -21,6 +28,7 @@ def test_label_lines_parse_and_bad_tokens_name_their_line():
 
 
 @given(st.text(max_size=200))
+@settings(max_examples=300, deadline=None)
 def test_label_parser_returns_ids_or_raises_value_error(text):
     try:
         rows = parse_label_lines(text)
@@ -78,8 +86,6 @@ def _score_cli(tmp_path, tiny_corpus, family, *checkpoints):
     code = main(["score", *map(str, checkpoints), "--family", family, "--data", str(tiny_corpus / "heldout.tsv"),
                  "--labels", str(tiny_corpus / "heldout.phn"), "--clusters", "8", "--bootstrap", "20",
                  "--mask-length", "5", "--layers", "1,2", "--json", str(out)])
-    import json
-
     return code, json.loads(out.read_text())
 
 
@@ -127,3 +133,170 @@ def test_score_hugging_face_model_directories(tmp_path, tiny_corpus, one_torch_t
     good, bad = scores["checkpoints"]
     assert good["status"] == "ok" and good["settings"]["adapter"] == "huggingface" and good["views"]["mask_placement"] == "feature"
     assert bad["status"] == "failed" and "no config.json" in bad["error"]
+
+
+# ------------------------------------------------------------------------------ safe loading
+REPO = Path(__file__).resolve().parents[1]
+TINY_WAV2VEC2 = dict(conv_feature_layers="[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2", encoder_layers=2,
+                     encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2, final_dim=32,
+                     conv_pos=16, conv_pos_groups=4, quantize_targets=False)
+
+
+
+
+def _fairseq_checkpoint(model_state: dict, update: int, payload=None) -> dict:
+    """The layout fairseq 0.12.2 and our hook's export write (cfg as a plain dict, no pickled classes)."""
+    extra_state = {"train_iterator": {"epoch": 1}}
+    if payload is not None:
+        extra_state["best"] = payload
+    return {
+        "args": None,
+        "cfg": {"task": {"_name": "audio_pretraining", "data": "/nonexistent"}, "model": {"_name": "wav2vec2", **TINY_WAV2VEC2}},
+        "model": model_state,
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": None, "optimizer_name": None, "lr_scheduler_state": {}, "num_updates": update}],
+        "task_state": {},
+        "extra_state": extra_state,
+    }
+
+
+def _tiny_wav2vec2_state(seed: int = 0) -> dict:
+    require("fairseq")
+    import torch
+
+    import ssl_mi_callback.integrations.fairseq  # noqa: F401  (compat before fairseq)
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(seed)
+    return Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC2)).state_dict()
+
+
+def _score_subprocess(tiny_corpus, family: str, *checkpoints) -> subprocess.CompletedProcess:
+    """`ssl-mi score` in a fresh process whose environment asks torch to unpickle everything by default."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    command = [sys.executable, "-m", "ssl_mi_callback.cli", "score", *map(str, checkpoints), "--family", family,
+               "--data", str(tiny_corpus / "heldout.tsv"), "--clusters", "8", "--bootstrap", "20", "--mask-length", "5",
+               "--layers", "1,2", "--json", str(Path(checkpoints[0]).parent / "scores.json")]
+    return subprocess.run(command, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+
+
+def _assert_refused(done: subprocess.CompletedProcess, record: dict, path: Path) -> None:
+    assert record["status"] == "failed" and record["checkpoint"] == str(path)
+    assert record["error"].startswith(f"UnsafeCheckpointError: refusing to load {path}"), record["error"]
+    assert "unsupported global" in record["error"] and "\n" not in record["error"]
+    printed = [line for line in done.stdout.splitlines() if line.startswith(f"failed: {path}:")]
+    assert len(printed) == 1 and "refusing to load" in printed[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_control_the_environment_makes_plain_torch_load_run_the_payload(tmp_path):
+    """Control: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 a plain ``torch.load`` (what fairseq 0.12.2 calls) does
+    run a checkpoint's payload, so a missing marker below means our check stopped it, not torch's default."""
+    import torch
+
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save(_fairseq_checkpoint({}, 1, SystemPayload(marker)), path)
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    done = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r})"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.exists()
+
+
+def test_score_fairseq_refuses_code_carrying_checkpoints_and_scores_the_good_one(tmp_path, tiny_corpus):
+    """A fairseq-shaped checkpoint whose pickle calls os.system or exec is a failed row with one line
+    ("refusing to load ..."), its payload never runs (even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), and a
+    genuine checkpoint beside it is read by the same loader and scored."""
+    import torch
+
+    good = tmp_path / "checkpoint_good.pt"
+    torch.save(_fairseq_checkpoint(_tiny_wav2vec2_state(), 30), good)
+    markers = {name: tmp_path / f"pwned_{name}" for name in ("system", "exec")}
+    evil = {name: tmp_path / f"checkpoint_{name}.pt" for name in markers}
+    torch.save(_fairseq_checkpoint(_tiny_wav2vec2_state(), 40, SystemPayload(markers["system"])), evil["system"])
+    torch.save(_fairseq_checkpoint(_tiny_wav2vec2_state(), 50, ExecPayload(markers["exec"])), evil["exec"])
+    done = _score_subprocess(tiny_corpus, "fairseq", good, evil["system"], evil["exec"])
+    assert done.returncode == 1, done.stderr[-3000:]  # some checkpoints failed
+    records = json.loads((tmp_path / "scores.json").read_text())["checkpoints"]
+    assert records[0]["status"] == "ok" and records[0]["step"] == 30, records[0]
+    for record, name in zip(records[1:], ("system", "exec")):
+        _assert_refused(done, record, evil[name])
+    assert not any(marker.exists() for marker in markers.values())
+
+
+def test_fairseq_loader_reads_the_weights_and_step_once_under_a_hostile_environment(tmp_path, monkeypatch, one_torch_thread):
+    import torch
+
+    from ssl_mi_callback.scoring import load_fairseq
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    state = _tiny_wav2vec2_state(seed=3)
+    path = tmp_path / "checkpoint_3_70.pt"
+    torch.save(_fairseq_checkpoint(state, 70), path)
+    loaded = load_fairseq(str(path), "cpu")
+    assert loaded.step == 70 and not loaded.model.training
+    assert all(torch.equal(loaded.model.state_dict()[name], tensor) for name, tensor in state.items())
+    torch.save({"torchaudio_builder": "wav2vec2_model", "builder_kwargs": {}, "model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a fairseq checkpoint .*pass --family"):
+        load_fairseq(str(tmp_path / "other.pt"), "cpu")
+
+
+def test_weights_only_block_covers_every_torch_load_inside_it(tmp_path, monkeypatch):
+    """fairseq models may load a second file named in a checkpoint (e.g. w2v_path): inside the scoring
+    loader's block every torch.load is weights-only whatever the caller or the environment asks."""
+    require("fairseq")
+    import torch
+
+    from ssl_mi_callback.integrations.fairseq.safe_load import UnsafeCheckpointError, weights_only_torch_load
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker, path = tmp_path / "pwned", tmp_path / "w2v.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "x": SystemPayload(marker)}, path)
+    original = torch.load
+    with weights_only_torch_load():
+        with pytest.raises(UnsafeCheckpointError, match="unsupported global posix.system") as caught:
+            torch.load(str(path))  # as fairseq calls it: no weights_only
+        assert "\n" not in str(caught.value)
+        with open(path, "rb") as handle, pytest.raises(UnsafeCheckpointError, match="refusing to load .*w2v.pt"):
+            torch.load(handle, map_location="cpu")
+        with pytest.raises(UnsafeCheckpointError, match="asks for weights_only=False"):
+            torch.load(str(path), weights_only=False)
+        torch.save({"w": torch.ones(2)}, tmp_path / "plain.pt")
+        assert torch.equal(torch.load(str(tmp_path / "plain.pt"))["w"], torch.ones(2))
+    assert torch.load is original
+    assert not marker.exists()
+
+
+def test_score_torchaudio_refuses_a_code_carrying_checkpoint(tmp_path, tiny_corpus):
+    require("torchaudio")
+    import torch
+
+    marker, path = tmp_path / "pwned", tmp_path / "evil_torchaudio.pt"
+    torch.save({"torchaudio_builder": "wav2vec2_model", "builder_kwargs": {}, "step": 1, "model": {},
+                "note": SystemPayload(marker)}, path)
+    done = _score_subprocess(tiny_corpus, "torchaudio", path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    _assert_refused(done, json.loads((tmp_path / "scores.json").read_text())["checkpoints"][0], path)
+    assert not marker.exists()
+
+
+def test_score_hugging_face_refuses_a_code_carrying_bin_file(tmp_path, tiny_corpus):
+    """transformers reads pytorch_model.bin with weights_only=True passed explicitly; the refusal is one line."""
+    require("transformers")
+    import torch
+    import transformers
+
+    config = transformers.Wav2Vec2Config(conv_dim=(32,) * 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    directory = tmp_path / "model"
+    model = transformers.Wav2Vec2Model(config)
+    model.save_pretrained(directory)
+    for weights in directory.glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "pwned"
+    torch.save({**model.state_dict(), "note": SystemPayload(marker)}, directory / "pytorch_model.bin")
+    done = _score_subprocess(tiny_corpus, "huggingface", directory)
+    assert done.returncode == 1, done.stderr[-3000:]
+    record = json.loads((tmp_path / "scores.json").read_text())["checkpoints"][0]
+    _assert_refused(done, record, directory)
+    assert not marker.exists()

@@ -184,12 +184,13 @@ class LinearProbe(_Probe):
 
     ``weight_decay="auto"`` (default) chooses wd by ``folds``-fold cross-validation over whole groups
     (utterances): a regularisation path from the marginal (W = 0, wd = inf) through
-    ``weight_decays`` (strongest first), each fit warm-started from the previous one and run to
-    convergence (``lbfgs_iter`` L-BFGS iterations at most, gradient tolerance ``tolerance``); the path
-    stops after ``patience`` grid points without a lower summed held-out cross-entropy. The probe is
-    then refitted on all frames with the chosen wd, starting from the folds' mean solution there
-    (``weight_decay_`` afterwards; ``inf`` means the marginal won, i.e. the input was not worth a
-    single weight). A number fixes wd instead (no
+    ``weight_decays`` (strongest first), each fit warm-started from the previous one and given
+    ``path_iter`` L-BFGS iterations (a warm start half a decade away is close to its optimum, and the
+    path only has to rank the strengths); the path stops after ``patience`` grid points without a
+    lower summed held-out cross-entropy. The probe is then refitted on all frames with the chosen wd,
+    starting from the folds' mean solution there, to convergence (``lbfgs_iter`` iterations at most,
+    gradient tolerance ``tolerance``); ``weight_decay_`` afterwards (``inf`` means the marginal won,
+    i.e. the input was not worth a single weight). A number fixes wd instead (no
     cross-validation). ``max_steps`` and ``validation_fraction`` are accepted for compatibility and
     unused.
     """
@@ -204,6 +205,7 @@ class LinearProbe(_Probe):
         folds: int = 3,
         max_steps: int = 20,
         lbfgs_iter: int = 200,
+        path_iter: int = 20,
         tolerance: float = 1e-5,
         patience: int = 2,
         prior_pseudo_count: float = 0.5,
@@ -222,6 +224,7 @@ class LinearProbe(_Probe):
         self.weight_decays = weight_decays
         self.folds = folds
         self.lbfgs_iter = lbfgs_iter
+        self.path_iter = path_iter
         self.tolerance = tolerance
         self.prior_pseudo_count = prior_pseudo_count
 
@@ -235,6 +238,7 @@ class LinearProbe(_Probe):
         device = resolve_device(x, y, groups, device=self.device)
         x, y, groups, n_classes = self._check_inputs(x, y, groups, device)
         check_int(self.lbfgs_iter, "lbfgs_iter", 1)
+        check_int(self.path_iter, "path_iter", 1)
         check_int(self.patience, "patience", 1)
         if not self.prior_pseudo_count > 0:
             raise EstimatorInputError(f"prior_pseudo_count must be > 0, got {self.prior_pseudo_count}")
@@ -259,7 +263,7 @@ class LinearProbe(_Probe):
             if fold_solutions:  # start at the folds' mean solution: the objective is strictly convex, so
                 weight = torch.stack([w for w, _ in fold_solutions]).mean(0)  # only the cost changes
                 bias = torch.stack([b for _, b in fold_solutions]).mean(0)
-            weight, bias, n_iter = self._solve(x, y, n_classes, strength, weight, bias)
+            weight, bias, n_iter = self._solve(x, y, n_classes, strength, weight, bias, self.lbfgs_iter)
         self.weight_decay_ = strength if strength is not None else math.inf
         self.n_iter_ = n_iter
         model = nn.utils.skip_init(nn.Linear, x.shape[1], n_classes)
@@ -277,9 +281,10 @@ class LinearProbe(_Probe):
         return torch.zeros(n_classes, n_features, device=y.device), bias
 
     def _solve(
-        self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor
+        self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor, max_iter: int
     ) -> Tuple[Tensor, Tensor, int]:
-        """Minimise the penalised objective at one L2 strength from (weight, bias); returns the solution."""
+        """Minimise the penalised objective at one L2 strength from (weight, bias) with at most ``max_iter``
+        L-BFGS iterations; returns the solution and the iterations used."""
         weight = weight.clone().requires_grad_(True)
         bias = bias.clone().requires_grad_(True)
         alpha = float(self.prior_pseudo_count)
@@ -287,7 +292,7 @@ class LinearProbe(_Probe):
         optimizer = torch.optim.LBFGS(
             [weight, bias],
             lr=1.0,
-            max_iter=self.lbfgs_iter,
+            max_iter=max_iter,
             tolerance_grad=float(self.tolerance),
             tolerance_change=1e-12,
             history_size=20,
@@ -325,7 +330,7 @@ class LinearProbe(_Probe):
         best, waited, best_states = 0, 0, states
         for index, strength in enumerate(grid, start=1):
             states = [
-                self._solve(x[~part], y[~part], n_classes, strength, weight, bias)[:2]
+                self._solve(x[~part], y[~part], n_classes, strength, weight, bias, self.path_iter)[:2]
                 for part, (weight, bias) in zip(held_out, states)
             ]
             curve.append(score())

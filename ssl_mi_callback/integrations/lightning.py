@@ -14,11 +14,27 @@ When it evaluates (both can be on):
   sees the latest value.
 
 What it logs (``pl_module.log``): ``mi_bits`` (the selection value) and, with ``log_layer_metrics``,
-every per-layer metric of the record (``mi_bits_l{k}``, ``h_c_bits_l{k}``, ...; see the README). A
-failed evaluation is recorded as failed in the history and logs ``mi_bits =`` :data:`FAILED_MI_BITS`
-(finite, so ``EarlyStopping``'s ``check_finite`` does not end the run; it counts as "no improvement",
-and ``ModelCheckpoint`` never prefers it to a real evaluation). Ties: the history's best goes to the
-newer evaluation, ``ModelCheckpoint``/``EarlyStopping`` keep the older one.
+every per-layer metric of the record (``mi_bits_l{k}``, ``h_c_bits_l{k}``, ...; see the README). Ties:
+with the default ``selection`` the history's best keeps the older evaluation, as ``ModelCheckpoint``
+and ``EarlyStopping`` do.
+
+A failed evaluation (bad audio, out of memory, a numerical failure, a bug) is logged with its reason,
+recorded as failed in the history, and training goes on; ``strict=True`` re-raises instead. It logs
+``mi_bits =`` :data:`FAILED_MI_BITS` ``= -inf`` (and ``-inf`` for every ``mi_bits_l{k}``): "no score",
+never an invented number. Why -inf (Lightning 2.6): the monitored key must be in
+``trainer.callback_metrics`` at every validation end (``ModelCheckpoint`` raises
+``MisconfigurationException`` and ``EarlyStopping(strict=True)`` raises if it is missing, and leaving
+the last value there would score the failed weights with it); any finite stand-in becomes
+``ModelCheckpoint``'s ``best_model_score`` when every evaluation fails. ``-inf`` is the value
+``ModelCheckpoint`` itself uses for "no score" (its empty ``kth_value``; it stores a NaN score as -inf):
+it is never greater than a real score, so ``best_model_path``/``best_model_score`` keep the best scored
+evaluation, and a run in which every evaluation failed ends with ``best_model_score = -inf`` (its
+``best_model_path`` is then a checkpoint scored -inf: ``ModelCheckpoint`` saves whatever the score
+while it holds fewer than ``save_top_k``; the first scored evaluation takes its place). The cost:
+``EarlyStopping``'s ``check_finite=True`` (its default) would end training at the first failure, so
+:meth:`MILightningCallback.setup` refuses an ``EarlyStopping`` on an MI metric with ``check_finite=True``
+(unless ``strict=True``) and any ``ModelCheckpoint``/``EarlyStopping`` on one with ``mode="min"`` before
+training starts. With ``check_finite=False`` a failed evaluation counts as one without improvement.
 
 Every rank evaluates its shard of the held-out batches (the evaluator's rank and world size are set
 from the trainer) and logs the same value; only global rank 0 writes the history file. The
@@ -29,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -36,17 +53,20 @@ import torch
 
 from ..callback import MICallback
 from ..evaluator import Evaluator
+from ..features import resolve_layers
 from ..selector import OLDER_WINS_TIES, CheckpointSelector, SelectionConfig
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError(
         "ssl_mi_callback.integrations.lightning needs Lightning: pip install 'ssl_mi_callback[lightning]'"
     ) from error
 
-FAILED_MI_BITS = -1.0e9
-"""What a failed evaluation logs as ``mi_bits``: finite and far below any real bound."""
+FAILED_MI_BITS = -math.inf
+"""What a failed evaluation logs as ``mi_bits`` (and ``mi_bits_l{k}``): no score, below every real one."""
+_SELECTION_METRIC = re.compile(r"mi_bits(?:_l\d+)?")
 
 ModelGetter = Union[None, str, Callable[[LightningModule], torch.nn.Module]]
 _AUTO_ATTRIBUTES = ("model",)
@@ -79,7 +99,8 @@ class MILightningCallback(Callback):
             names allowed, e.g. ``"net.encoder"``), a function ``LightningModule -> nn.Module``, or
             None: the LightningModule itself if the adapter accepts it, else its ``model`` attribute.
         log_layer_metrics: also log every per-layer metric of the record, not only ``mi_bits``.
-        strict: re-raise evaluation errors instead of recording them and training on.
+        strict: re-raise evaluation errors instead of recording them and training on (then an
+            ``EarlyStopping`` on ``mi_bits`` may keep ``check_finite=True``).
     """
 
     def __init__(
@@ -116,6 +137,7 @@ class MILightningCallback(Callback):
         self.mi_callback: Optional[MICallback] = None
         self._pending_state: Optional[dict] = None
         self._resolved_attribute: Optional[str] = None  # "" = the LightningModule itself
+        self._scored_layers: list[int] = []
 
     @property
     def state_key(self) -> str:
@@ -171,7 +193,10 @@ class MILightningCallback(Callback):
             return
         self._resolved_attribute = None
         self.evaluator.rank, self.evaluator.world_size = trainer.global_rank, trainer.world_size
-        self.evaluator.check_model(self.speech_model(pl_module))  # a misconfiguration stops before training
+        model = self.speech_model(pl_module)
+        self.evaluator.check_model(model)  # a misconfiguration stops before training
+        self._check_monitors(trainer)
+        self._scored_layers = resolve_layers(self.evaluator.config.layers, self.evaluator.adapter.num_layers(model))
         history_path = self.history_path
         if history_path is not None and not Path(history_path).is_absolute():
             history_path = Path(trainer.default_root_dir) / history_path
@@ -223,6 +248,29 @@ class MILightningCallback(Callback):
         last_step = self.mi_callback.selector.state_dict()["last_step"]
         return last_step is not None and step <= last_step
 
+    def _check_monitors(self, trainer: Trainer) -> None:
+        """Refuse, before training, a ``ModelCheckpoint``/``EarlyStopping`` on an MI metric that would
+        keep the worst checkpoint (``mode="min"``), or end the run at a failed evaluation (``-inf``
+        with ``EarlyStopping(check_finite=True)``, unless ``strict`` makes failures raise anyway)."""
+        for callback in trainer.callbacks:
+            if not isinstance(callback, (ModelCheckpoint, EarlyStopping)):
+                continue
+            monitor = callback.monitor
+            if not isinstance(monitor, str) or not _SELECTION_METRIC.fullmatch(monitor):
+                continue
+            name = f"{type(callback).__name__}(monitor={monitor!r})"
+            if callback.mode != "max":
+                raise ValueError(
+                    f"{name} has mode={callback.mode!r}, but {monitor} is a mutual information (higher is "
+                    "better): set mode='max'"
+                )
+            if isinstance(callback, EarlyStopping) and callback.check_finite and not self.strict:
+                raise ValueError(
+                    f"{name} has check_finite=True, so the first failed MI evaluation (logged as -inf) would end "
+                    "training: pass check_finite=False (a failed evaluation then counts as one without "
+                    "improvement), or MILightningCallback(strict=True) to stop at a failed evaluation"
+                )
+
     def _evaluate_and_log(self, trainer: Trainer, pl_module: LightningModule, *, on_step: bool) -> None:
         assert self.mi_callback is not None, "setup() was not called"
         model = self.speech_model(pl_module)
@@ -238,10 +286,14 @@ class MILightningCallback(Callback):
             return
         metrics = record.get("metrics") or {}
         value = metrics.get("mi_bits") if record.get("status") == "ok" else None
-        ok = isinstance(value, (int, float)) and math.isfinite(value)
-        values = {"mi_bits": float(value) if ok else FAILED_MI_BITS}
-        if ok and self.log_layer_metrics:
-            values.update({key: float(v) for key, v in metrics.items() if key != "mi_bits" and isinstance(v, (int, float))})
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values = {"mi_bits": float(value)}
+            if self.log_layer_metrics:
+                values.update({key: float(v) for key, v in metrics.items() if key != "mi_bits" and isinstance(v, (int, float))})
+        else:  # failed: no score for every metric a checkpoint or stopper may select on (see the module docs)
+            values = {"mi_bits": FAILED_MI_BITS}
+            if self.log_layer_metrics:
+                values.update({f"mi_bits_l{layer}": FAILED_MI_BITS for layer in self._scored_layers})
         for key, number in values.items():  # every rank holds the same values: sync_dist averages equal numbers
             pl_module.log(key, number, on_step=on_step, on_epoch=not on_step, prog_bar=key == "mi_bits",
                           batch_size=1, sync_dist=True)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from ...callback import MICallback
+from ...callback import MICallback, _one_line
 from ...data import load_heldout
 from ...distributed import rank_and_world_size
 from ...evaluator import EvaluationConfig, Evaluator
@@ -128,7 +128,8 @@ class FairseqMIHook:
             except Exception as error:  # an export failure must not end the run
                 if self.callback.strict:
                     raise
-                logger.warning("MI export of update %d failed, training continues: %s", update, error)
+                record["export_error"] = _one_line(error)  # as MICallback records it
+                logger.warning("MI export of update %d failed, training continues: %s", update, record["export_error"])
         return record
 
     def scalars(self) -> dict[str, float]:

@@ -25,17 +25,20 @@ Python floats instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pickle
-import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import torch
 
+# The generic weights-only pieces live in the fairseq-free ssl_mi_callback.safe_loading.
+from ...safe_loading import UnsafeCheckpointError
+from ...safe_loading import weights_only_refusal as refusal
 
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint holds a pickled object outside the allowlist; it was not loaded."""
+__all__ = ["UnsafeCheckpointError", "allow_fairseq_checkpoint_classes", "fairseq_checkpoint_classes",
+           "load_checkpoint", "refusal", "weights_only_torch_load"]
 
 
 def fairseq_checkpoint_classes() -> list[type]:
@@ -52,28 +55,13 @@ def allow_fairseq_checkpoint_classes() -> None:
         add(fairseq_checkpoint_classes())
 
 
-_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
-_DETAIL_RE = re.compile(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", re.S)
-
-
-def _reason(error: BaseException) -> str:
-    """The useful part of torch's multi-line weights-only error, on one line."""
-    text = str(error)
-    found = _GLOBAL_RE.search(text)
-    if found:
-        return f"unsupported global {found.group(1)}"
-    detail = _DETAIL_RE.search(text)
-    if detail and detail.group(1).strip():
-        return " ".join(detail.group(1).split())
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """Load a fairseq checkpoint with ``weights_only=True``; refuse anything outside the allowlist.
 
     ``mmap=True`` maps tensor storages instead of reading them (zip-format checkpoints only), which
-    keeps a resume or a peek at ``task_state`` cheap for large checkpoints.
+    keeps a resume or a peek at ``task_state`` cheap for large checkpoints. ``weights_only=True`` is
+    passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (which only changes torch's default)
+    cannot turn it off.
     """
     allow_fairseq_checkpoint_classes()
     # torch refuses mmap for legacy (non-zip) files; those are read whole, still weights-only.
@@ -81,8 +69,41 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True, **kwargs)
     except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: torch's weights-only loader rejects it ({_reason(error)}). "
-            f"Only load checkpoints you trust; if this is a genuine fairseq checkpoint with another "
-            f"class, allow exactly that class with torch.serialization.add_safe_globals."
-        ) from None
+        raise refusal(path, error) from None
+
+
+@contextlib.contextmanager
+def weights_only_torch_load() -> Iterator[None]:
+    """Within this block every ``torch.load`` is weights-only (fairseq's allowlist), whatever its caller
+    passes or the environment says; a call asking for ``weights_only=False`` is refused.
+
+    For code that calls ``torch.load`` without ``weights_only`` (fairseq 0.12.2's
+    ``load_checkpoint_to_cpu``, and the models that load a second file named in a checkpoint's config,
+    e.g. ``w2v_path`` of a fine-tuned wav2vec 2.0): on torch < 2.6, or with
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, those calls would unpickle anything. It replaces
+    ``torch.load`` for the duration of the block, so use it only around single-threaded loading code
+    (offline scoring); it never makes loading less safe.
+    """
+    allow_fairseq_checkpoint_classes()
+    original = torch.load
+
+    def load(f: Any, map_location: Any = None, pickle_module: Any = None, *, weights_only: Optional[bool] = None,
+             **kwargs: Any) -> Any:
+        name = getattr(f, "name", f)
+        if weights_only is False:
+            raise UnsafeCheckpointError(
+                f"refusing to load {name}: the loading code asks for weights_only=False (full unpickling), which "
+                f"offline scoring never allows"
+            )
+        if pickle_module is not None:
+            kwargs["pickle_module"] = pickle_module
+        try:
+            return original(f, map_location=map_location, weights_only=True, **kwargs)
+        except pickle.UnpicklingError as error:
+            raise refusal(name, error) from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
