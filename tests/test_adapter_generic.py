@@ -106,7 +106,8 @@ def test_trained_apc_is_scored_with_past_future_views(subset, tiny_corpus, one_t
         for layer in ("1", "2"):
             result = record["layers"][layer]
             assert result["mi_bits"] == pytest.approx(result["h_c_bits"] - result["ce_bits"], abs=2e-3)
-            assert 0.0 <= result["mi_bits"] <= result["h_c_bits"] + 1e-6
+            # a bound, so at most the reference term; at least about 0 (slightly negative by chance)
+            assert -0.02 <= result["mi_bits"] <= result["h_c_bits"] + 1e-6
     # one pair per frame that has a frame OFFSET later (utterances cropped to the batch length)
     frames = sum(len(b.utterances) * ((b.num_samples - N_FFT) // HOP + 1 - OFFSET) for b in scorer.batches)
     assert after["subset"]["frames"] == frames
