@@ -15,7 +15,8 @@ Stages, each a subprocess of the repo's own tools (OMP_NUM_THREADS=1, one at a t
    loss) plus the series' overrides. The validation loss of every checkpoint is read from the log.
 3. scoring: ``ssl-mi score CKPT... --data corpus/heldout.tsv --labels corpus/heldout.phn --layers ...
    --centering none --json`` per series, and the same without labels with ``--centering utterance``
-   (the estimator's defaults otherwise); both MI settings come from the product itself.
+   (the estimator's defaults otherwise; ``utterance`` + last layer is the product default since this
+   benchmark, ``none`` was the default before); both MI settings come from the product itself.
 4. analysis: for every label-free metric (MI per layer and aggregates, RankMe, RankMe-t, k-means
    inertia, validation loss, the latest checkpoint) its Spearman and Kendall correlation with the
    phone-probe accuracy, pooled over all checkpoints and within each series, the checkpoint it picks
@@ -23,9 +24,19 @@ Stages, each a subprocess of the repo's own tools (OMP_NUM_THREADS=1, one at a t
    The MI setting (centering x layer rule) is chosen on the development series only by a pre-registered
    rule (:func:`choose_setting`) and reported on the test series, where the issue's targets are judged.
 
+3b. robustness (``--robustness all``): the label-free score of the series of ``--robustness-splits`` (default
+   test) re-run with one estimator setting changed at a time (seeds 1-4, K 25/100/200, MLP probe,
+   evaluation mask probability 0.3/0.8; :data:`ROBUSTNESS_VARIANTS`), reported per variant against the
+   same ground truth, with the spread over 5 seeds.
+
 Writes ``results.json`` and ``results.md`` into DIR and (unless ``--results-dir`` says otherwise) next to
 this file. Stages whose outputs already exist in DIR with the same settings are reused
-(``--fresh`` redoes everything).
+(``--fresh`` redoes everything); a score is reused only when it was made by the same estimator code
+(:func:`estimator_code`, a hash of ``ssl_mi_callback/estimators/*.py`` + ``evaluator.py``), so a change
+of the estimator re-scores instead of reusing stale numbers. ``--rescore`` never trains: it reuses the
+corpus, labels and checkpoints of DIR and redoes scoring and analysis with the current code:
+
+    .venv/bin/python -m benchmarks.selection --out DIR --config benchmarks/selection/configs/reduced.yaml --rescore --robustness all
 
 Ground truth: the score command's supervised probe (linear, like the MI probe) is fitted on a random
 half of the held-out utterances (estimator seed 0) and its frame accuracy measured on the other half;
@@ -36,6 +47,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import hashlib
 import json
 import math
 import os
@@ -72,6 +85,34 @@ ACCURACY_GAP = 0.02  # "clearly better": two checkpoints whose probe accuracies 
 
 
 # ----------------------------------------------------------------------------------- helpers
+ESTIMATOR_CODE_FILES = ("ssl_mi_callback/estimators/*.py", "ssl_mi_callback/evaluator.py")
+
+
+@functools.lru_cache(maxsize=1)
+def estimator_code() -> str:
+    """Version of the estimator the scores come from: the package version + a SHA-256 (16 hex digits) of
+    ``ssl_mi_callback/estimators/*.py`` and ``evaluator.py``. Stored in every score stage's marker, so a
+    change of the estimator code (committed or not) invalidates the stored scores instead of reusing them."""
+    from ssl_mi_callback import __version__
+
+    digest = hashlib.sha256()
+    for pattern in ESTIMATOR_CODE_FILES:
+        for path in sorted(ROOT.glob(pattern)):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{__version__}+{digest.hexdigest()[:16]}"
+
+
+def stage_marker(command: Sequence[str]) -> str:
+    """What a score stage's ``*_command.txt`` holds: its command line and :func:`estimator_code`."""
+    return json.dumps({"command": shlex.join(command), "estimator_code": estimator_code()})
+
+
+def marker_matches(marker: Path, json_path: Path, command: Sequence[str]) -> bool:
+    """A stored score is reused only when its JSON exists and its marker names the same command *and* the
+    same estimator code (markers of older runs, a bare command line, never match)."""
+    return json_path.is_file() and marker.is_file() and marker.read_text() == stage_marker(command)
+
+
 def log(message: str) -> None:
     stamp = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[{stamp}] {message}", flush=True)
@@ -227,7 +268,8 @@ def validation_losses(log_path: Path) -> Dict[int, float]:
     return losses
 
 
-def train_series(plan: dict, series: dict, out: Path, fresh: bool) -> dict:
+def train_series(plan: dict, series: dict, out: Path, fresh: bool, no_train: bool = False) -> dict:
+    """Train one series (or reuse its checkpoints); ``no_train`` (``--rescore``): reuse or fail, never train."""
     run_dir = out / "series" / series["name"]
     save_dir = run_dir / "checkpoints"
     overrides = training_overrides(plan, series)
@@ -243,6 +285,9 @@ def train_series(plan: dict, series: dict, out: Path, fresh: bool) -> dict:
         if previous.get("command") == shlex.join(command) and previous.get("returncode") == 0:
             log(f"train {series['name']}: reusing {save_dir} ({len(previous['checkpoints'])} checkpoints)")
             return {**previous, "reused": True}
+    if no_train:
+        raise SystemExit(f"--rescore: series {series['name']} has no reusable training in {run_dir} (train.json missing, "
+                         f"failed or made with another command); run without --rescore to train it")
     if save_dir.exists():
         for stale in save_dir.glob("*.pt"):
             stale.unlink()
@@ -293,24 +338,25 @@ def score_series_once(plan: dict, series: dict, trained: dict, out: Path, fresh:
                "--max-seconds", str(score.get("max_seconds", 300)), *map(str, score.get("extra", [])), "--json", str(json_path)]
     marker = run_dir / f"score{suffix}_command.txt"
     name = f"{series['name']} (centering {centering})"
-    if not fresh and json_path.is_file() and marker.is_file() and marker.read_text() == shlex.join(command):
+    if not fresh and marker_matches(marker, json_path, command):
         log(f"score {name}: reusing {json_path}")
         return {"command": shlex.join(command), "seconds": None, "reused": True, **json.loads(json_path.read_text())}
     if not paths:
         return {"command": shlex.join(command), "seconds": 0.0, "checkpoints": [], "returncode": None}
-    log(f"score {name}: {len(paths)} checkpoints")
+    log(f"score {name}: {len(paths)} checkpoints (estimator {estimator_code()})")
+    marker.unlink(missing_ok=True)
     code, seconds = run_logged(command, run_dir / f"score{suffix}.log", timeout=3 * 3600)
     if not json_path.is_file():
         log(f"score {name}: FAILED (exit {code}), no JSON; tail:\n{tail(run_dir / f'score{suffix}.log')}")
         return {"command": shlex.join(command), "seconds": round(seconds, 1), "checkpoints": [], "returncode": code,
                 "error_tail": tail(run_dir / f"score{suffix}.log")}
-    marker.write_text(shlex.join(command))
+    marker.write_text(stage_marker(command))
     scored = json.loads(json_path.read_text())
     failed = [r for r in scored["checkpoints"] if r.get("status") != "ok"]
     log(f"score {name}: {len(paths) - len(failed)} ok, {len(failed)} failed in {seconds:.0f} s")
     for record in failed:
         log(f"  failed {record['checkpoint']}: {record.get('error')}")
-    return {"command": shlex.join(command), "seconds": round(seconds, 1), "returncode": code, **scored}
+    return {"command": shlex.join(command), "seconds": round(seconds, 1), "returncode": code, "estimator_code": estimator_code(), **scored}
 
 
 def centered_metrics(metrics: dict) -> dict:
@@ -334,18 +380,198 @@ def probe_split_series(plan: dict, series: dict, trained: dict, out: Path, fresh
     command = [PYTHON, "-m", "benchmarks.selection.probe_split", *paths, "--corpus", str(out / "corpus"),
                "--layers", str(plan["score"]["layers"]), "--json", str(json_path)]
     marker = run_dir / "probe_split_command.txt"
-    if not fresh and json_path.is_file() and marker.is_file() and marker.read_text() == shlex.join(command):
+    if not fresh and marker_matches(marker, json_path, command):
         log(f"probe_train/probe_test {series['name']}: reusing {json_path}")
         return {"command": shlex.join(command), "seconds": None, "reused": True, **json.loads(json_path.read_text())}
     if not paths:
         return {"command": shlex.join(command), "seconds": 0.0, "checkpoints": []}
-    log(f"probe_train/probe_test {series['name']}: {len(paths)} checkpoints")
+    log(f"probe_train/probe_test {series['name']}: {len(paths)} checkpoints (estimator {estimator_code()})")
+    marker.unlink(missing_ok=True)
     code, seconds = run_logged(command, run_dir / "probe_split.log", timeout=3 * 3600)
     if not json_path.is_file():
         log(f"probe_split {series['name']}: FAILED (exit {code}); tail:\n{tail(run_dir / 'probe_split.log')}")
         return {"command": shlex.join(command), "seconds": round(seconds, 1), "checkpoints": [], "returncode": code}
-    marker.write_text(shlex.join(command))
+    marker.write_text(stage_marker(command))
     return {"command": shlex.join(command), "seconds": round(seconds, 1), "returncode": code, **json.loads(json_path.read_text())}
+
+
+# ----------------------------------------------------------------------------------- stage 3b: robustness
+# Issue 8's robustness questions: the label-free score (centering utterance, the plan's layers) re-run with one
+# estimator setting changed at a time from the defaults (K 50, mask_prob 0.5, linear probe, seeds 0). The
+# defaults themselves are the main ``--centering utterance`` run (score_utterance.json = seed 0, K 50, ...).
+# Order = priority when time is short: seeds, clusters, probe, evaluation mask probability.
+ROBUSTNESS_VARIANTS = (
+    *((f"seed{s}", "seeds", f"estimator seed {s}, mask seed {s}", ["--estimator-seed", str(s), "--mask-seed", str(s)])
+      for s in (1, 2, 3, 4)),
+    *((f"k{k}", "clusters", f"K = {k} clusters", ["--clusters", str(k)]) for k in (25, 100, 200)),
+    ("mlp", "probe", "MLP probe", ["--probe", "mlp"]),
+    *((f"mask{m}", "mask", f"evaluation mask probability {m}", ["--mask-prob", str(m)]) for m in ("0.3", "0.8")),
+)
+ROBUSTNESS_GROUPS = ("seeds", "clusters", "probe", "mask")
+DEFAULT_VARIANT = ("default", "defaults", "defaults (seed 0, K = 50, linear probe, mask probability 0.5) = the main run", [])
+
+
+def robustness_series(plan: dict, splits: Sequence[str]) -> List[dict]:
+    return [series for series in plan["series"] if series.get("split", "dev") in splits]
+
+
+def score_variant(plan: dict, series: dict, trained: dict, out: Path, fresh: bool, variant: tuple) -> dict:
+    """``ssl-mi score`` (label-free, ``--centering utterance``) of a series' checkpoints with one setting changed."""
+    name, _, _, args = variant
+    run_dir = out / "series" / series["name"] / "robustness"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    score = plan["score"]
+    paths = [trained["checkpoints"][step] for step in sorted(trained["checkpoints"], key=int)]
+    json_path = run_dir / f"{name}.json"
+    command = [PYTHON, "-m", "ssl_mi_callback.cli", "score", *paths, "--data", str(out / "corpus" / "heldout.tsv"),
+               "--layers", str(score["layers"]), "--centering", "utterance", "--max-seconds", str(score.get("max_seconds", 300)),
+               *map(str, score.get("extra", [])), *args, "--json", str(json_path)]
+    marker = run_dir / f"{name}_command.txt"
+    label = f"{series['name']} ({name})"
+    if not fresh and marker_matches(marker, json_path, command):
+        log(f"robustness {label}: reusing {json_path}")
+        return {"command": shlex.join(command), "seconds": None, "reused": True, **json.loads(json_path.read_text())}
+    log(f"robustness {label}: {len(paths)} checkpoints")
+    marker.unlink(missing_ok=True)
+    code, seconds = run_logged(command, run_dir / f"{name}.log", timeout=3 * 3600)
+    if not json_path.is_file():
+        log(f"robustness {label}: FAILED (exit {code}), no JSON; tail:\n{tail(run_dir / f'{name}.log')}")
+        return {"command": shlex.join(command), "seconds": round(seconds, 1), "checkpoints": [], "returncode": code}
+    marker.write_text(stage_marker(command))
+    log(f"robustness {label}: done in {seconds:.0f} s")
+    return {"command": shlex.join(command), "seconds": round(seconds, 1), "returncode": code, **json.loads(json_path.read_text())}
+
+
+def run_robustness(plan: dict, trained: Dict[str, dict], out: Path, fresh: bool, groups: Sequence[str],
+                   splits: Sequence[str], load: "LoadSampler") -> dict:
+    """Every variant of ``groups`` (in :data:`ROBUSTNESS_VARIANTS` order) for every series of ``splits``;
+    returns the per-checkpoint label-free metrics of each variant (for results.json and --report-only)."""
+    result: dict = {"groups": list(groups), "splits": list(splits), "variants": {}}
+    for variant in ROBUSTNESS_VARIANTS:
+        name, group, label, args = variant
+        if group not in groups:
+            continue
+        entry = {"group": group, "label": label, "args": args, "seconds": 0.0, "reused": True, "values": {}, "failed": []}
+        for series in robustness_series(plan, splits):
+            scored = score_variant(plan, series, trained[series["name"]], out, fresh, variant)
+            load.sample()
+            entry["seconds"] += scored.get("seconds") or 0.0
+            entry["reused"] = entry["reused"] and bool(scored.get("reused"))
+            entry["settings"] = scored.get("settings", entry.get("settings"))
+            for record in scored.get("checkpoints", []):
+                if record.get("status") == "ok":
+                    entry["values"][record["checkpoint"]] = centered_metrics(record["metrics"])
+                else:
+                    entry["failed"].append(record.get("checkpoint"))
+            if not scored.get("checkpoints"):
+                entry["failed"].append(f"{series['name']}: exit {scored.get('returncode')}")
+        entry["seconds"] = round(entry["seconds"], 1)
+        result["variants"][name] = entry
+    return result
+
+
+def robustness_metrics(layers: Sequence[int], decision: dict) -> List[Metric]:
+    """The centering-utterance candidates the robustness table reports: the chosen layer rule (its centering-
+    utterance form when the development rule chose centering none) and the product default (last layer)."""
+    candidates = {metric.key: metric for metric in candidate_metrics(layers)}
+    chosen = decision.get("chosen", "mi_c_last")
+    chosen = chosen if chosen.startswith("mi_c_") else "mi_c_" + chosen[len("mi_"):]
+    return [candidates[key] for key in dict.fromkeys([chosen, "mi_c_last"]) if key in candidates]
+
+
+def variant_rows(rows: Sequence[dict], values: Optional[dict]) -> List[dict]:
+    """The main rows (ground truth, series, step) with the centred label-free metrics of one variant;
+    ``values`` None = the defaults (the main rows as they are); checkpoints the variant lacks are dropped."""
+    if values is None:
+        return list(rows)
+    out = []
+    for row in rows:
+        if row["checkpoint"] in values:
+            metrics = {k: v for k, v in row["metrics"].items() if "_centered" not in k}
+            metrics.update(values[row["checkpoint"]])
+            out.append({**row, "metrics": metrics})
+    return out
+
+
+def summarise_robustness(rows: Sequence[dict], layers: Sequence[int], chance: float, decision: dict, robustness: dict) -> dict:
+    """Per variant and metric: pooled Spearman/Kendall with the last-layer probe accuracy, pooled pick and
+    regret, worst within-series regret, degraded >= learned pairs; and the spread over the 5 seeds."""
+    if not robustness or not robustness.get("variants"):
+        return {}
+    splits = robustness["splits"]
+    scope_rows = [row for row in rows if row["split"] in splits]
+    truth = metric_value(f"phone_accuracy_l{layers[-1]}")
+    metrics = robustness_metrics(layers, decision)
+    variants = {DEFAULT_VARIANT[0]: {"group": DEFAULT_VARIANT[1], "label": DEFAULT_VARIANT[2], "values": None}}
+    variants.update(robustness["variants"])
+    table = []
+    per_variant_rows = {}
+    for name, entry in variants.items():
+        vrows = variant_rows(scope_rows, entry.get("values"))
+        per_variant_rows[name] = vrows
+        for metric in metrics:
+            pooled = evaluate_metric(vrows, metric, truth)
+            series_names = list(dict.fromkeys(r["series"] for r in vrows))
+            within = [evaluate_metric([r for r in vrows if r["series"] == s], metric, truth)["regret_points"] for s in series_names]
+            within = [w for w in within if finite(w)]
+            table.append({"variant": name, "group": entry["group"], "label": entry["label"], "metric": metric.key,
+                          "metric_label": metric.label, "checkpoints": len(vrows), "spearman": pooled["spearman"],
+                          "kendall": pooled["kendall"], "pick": (f"{pooled['pick_series']}@{pooled['pick_step']}"
+                                                                 if pooled.get("pick_series") else None),
+                          "pick_accuracy": pooled.get("pick_accuracy"), "regret": pooled["regret_points"],
+                          "worst_within_regret": max(within) if within else math.nan,
+                          "degraded": degraded_vs_learned(vrows, metric, truth, chance),
+                          "seconds": entry.get("seconds"), "failed": entry.get("failed", [])})
+    seeds = [DEFAULT_VARIANT[0]] + [f"seed{s}" for s in (1, 2, 3, 4)]
+    spread = {}
+    if all(name in variants for name in seeds):
+        for metric in metrics:
+            by_seed = [{r["checkpoint"]: metric.value(r) for r in per_variant_rows[name]} for name in seeds]
+            checkpoints = [r["checkpoint"] for r in scope_rows if all(finite(b.get(r["checkpoint"])) for b in by_seed)]
+            sds, ranges, means = [], [], []
+            for checkpoint in checkpoints:
+                values = [b[checkpoint] for b in by_seed]
+                mean = sum(values) / len(values)
+                means.append(mean)
+                sds.append(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)))
+                ranges.append(max(values) - min(values))
+            if not checkpoints:
+                continue
+            span = max(means) - min(means)
+            clipped_span = max(max(m, 0.0) for m in means) - max(min(means), 0.0)  # a negative bound = no information
+            median = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1: len(xs) // 2 + 1]) / 2
+            worst = max(range(len(checkpoints)), key=lambda i: sds[i])
+            row_of = {r["checkpoint"]: r for r in scope_rows}
+            healthy = [i for i, c in enumerate(checkpoints)  # not degraded: probe accuracy >= chance + DEGRADED_MARGIN
+                       if finite(truth(row_of[c])) and finite(chance) and truth(row_of[c]) >= chance + DEGRADED_MARGIN]
+            worst_healthy = max(healthy, key=lambda i: sds[i]) if healthy else None
+            worst_row = next(r for r in scope_rows if r["checkpoint"] == checkpoints[worst])
+            mean_rows = [{**r, "metrics": {**r["metrics"], "_seed_mean": m}}
+                         for r, m in zip([next(r for r in scope_rows if r["checkpoint"] == c) for c in checkpoints], means)]
+            mean_metric = Metric(f"{metric.key}_seed_mean", f"{metric.label}, mean of 5 seeds", metric_value("_seed_mean"), +1)
+            pooled = evaluate_metric(mean_rows, mean_metric, truth)
+            spread[metric.key] = {
+                "label": metric.label, "seeds": seeds, "checkpoints": len(checkpoints), "range_of_seed_mean": span,
+                "sd_median": median(sds), "sd_max": max(sds), "maxmin_median": median(ranges), "maxmin_max": max(ranges),
+                "sd_median_rel": median(sds) / span if span > 0 else math.nan, "sd_max_rel": max(sds) / span if span > 0 else math.nan,
+                "maxmin_median_rel": median(ranges) / span if span > 0 else math.nan,
+                "maxmin_max_rel": max(ranges) / span if span > 0 else math.nan,
+                "sd_max_checkpoint": f"{worst_row['series']}@{worst_row['step']}",
+                "range_of_seed_mean_clipped": clipped_span,
+                "not_degraded_checkpoints": len(healthy),
+                "sd_max_not_degraded": sds[worst_healthy] if healthy else math.nan,
+                "sd_max_not_degraded_rel": sds[worst_healthy] / span if healthy and span > 0 else math.nan,
+                "sd_max_not_degraded_checkpoint": (f"{row_of[checkpoints[worst_healthy]]['series']}@"
+                                                   f"{row_of[checkpoints[worst_healthy]]['step']}" if healthy else None),
+                "sd_median_rel_clipped": median(sds) / clipped_span if clipped_span > 0 else math.nan,
+                "sd_max_rel_clipped": max(sds) / clipped_span if clipped_span > 0 else math.nan,
+                "seed_mean": {"spearman": pooled["spearman"], "kendall": pooled["kendall"], "regret": pooled["regret_points"],
+                              "pick": f"{pooled.get('pick_series')}@{pooled.get('pick_step')}",
+                              "degraded": degraded_vs_learned(mean_rows, mean_metric, truth, chance)},
+            }
+    missing = [name for name, group, _, _ in ROBUSTNESS_VARIANTS if name not in variants]
+    return {"splits": splits, "truth": f"phone-probe accuracy at the last layer (l{layers[-1]})", "table": table,
+            "seed_spread": spread, "not_run": missing}
 
 
 # ----------------------------------------------------------------------------------- stage 4: analysis
@@ -419,6 +645,7 @@ def best_layer_accuracy(layers: Sequence[int]) -> Callable[[dict], float]:
 
 LAYER_RULES = ("last", "layer 1", "mean", "normalised")   # in the order of the tie-break (simpler first)
 CENTERING_SUFFIX = {"none": "", "utterance": "_centered"}   # metric-name infix of each ssl-mi score --centering
+PRODUCT_CENTERING = "utterance"  # the product default (EvaluationConfig.centering; was "none" before this benchmark), last layer
 
 
 def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
@@ -430,7 +657,7 @@ def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
         prefix = "mi" if centering == "none" else "mi_c"
         tag = "centering none" if centering == "none" else "centering utterance"
         rules = {
-            "last": Metric(f"{prefix}_last", f"MI l{last}, {tag}" + (" = product default" if centering == "none" else ""),
+            "last": Metric(f"{prefix}_last", f"MI l{last}, {tag}" + (" = product default" if centering == PRODUCT_CENTERING else ""),
                            metric_value(f"mi_bits{infix}_l{last}"), +1),
             "layer 1": Metric(f"{prefix}_l1", f"MI l1, {tag}", metric_value(f"mi_bits{infix}_l1"), +1),
             "mean": Metric(f"{prefix}_mean", f"MI mean over layers, {tag}", mean_of([f"mi_bits{infix}_l{k}" for k in layers]), +1),
@@ -705,8 +932,81 @@ def targets(summary: dict) -> List[tuple[str, str, Optional[bool]]]:
                              f"a learned one (acc >= chance + {LEARNED_MARGIN * 100:.0f} points)",
                              f"{dl['violations']} of {dl['pairs']} pairs ({dl['degraded']} degraded, {dl['learned']} learned)",
                              dl["violations"] == 0))
-    rows.append(("seed spread of the MI < 5% of its range across checkpoints", "not measured in this run", None))
+    spread = (summary.get("robustness") or {}).get("seed_spread", {}).get(robustness_key(summary))
+    if spread:
+        rows.append((f"[5 estimator seeds, {where_robust(summary)}, {spread['label']}] seed spread of the MI < 5% of its range "
+                     f"across checkpoints (per-checkpoint SD, every checkpoint)",
+                     f"SD median {fmt(100 * spread['sd_median_rel'], 1)}%, max {fmt(100 * spread['sd_max_rel'], 1)}% "
+                     f"({spread['sd_max_checkpoint']}); max-min median {fmt(100 * spread['maxmin_median_rel'], 1)}%, "
+                     f"max {fmt(100 * spread['maxmin_max_rel'], 1)}% of the range {fmt(spread['range_of_seed_mean'], 3)} bits",
+                     spread["sd_max_rel"] < 0.05 if finite(spread["sd_max_rel"]) else None))
+    else:
+        rows.append(("seed spread of the MI < 5% of its range across checkpoints", "not measured in this run", None))
     return rows
+
+
+def robustness_key(summary: dict) -> Optional[str]:
+    table = (summary.get("robustness") or {}).get("table") or []
+    return table[0]["metric"] if table else None
+
+
+def where_robust(summary: dict) -> str:
+    splits = (summary.get("robustness") or {}).get("splits") or []
+    return " + ".join(f"{s} series" for s in splits)
+
+
+def robustness_section(results: dict) -> List[str]:
+    """The generated robustness section of results.md (one estimator setting varied at a time)."""
+    robust = results["summary"].get("robustness") or {}
+    lines: List[str] = []
+    add = lines.append
+    if not robust.get("table"):
+        return lines
+    groups = (results.get("robustness") or {}).get("groups", [])
+    add(f"## Robustness ({where_robust(results['summary'])}): one estimator setting varied at a time")
+    add("")
+    add(f"Every checkpoint of the {where_robust(results['summary'])} re-scored label-free (`ssl-mi score CKPT... --data corpus/heldout.tsv "
+        f"--layers {results['plan']['score']['layers']} --centering utterance` plus the variant's flag), everything else at "
+        f"the defaults; ground truth as in the main table ({robust['truth']}, from the main run), degraded / learned as "
+        f"in the targets. The `defaults` rows are the main run's `--centering utterance` scores. Produced by "
+        f"`--robustness {','.join(groups) or 'none'} --robustness-splits {','.join(robust['splits'])}` "
+        f"(see the command above); score s = scoring time of the variant over all its series.")
+    add("")
+    add("| variant | metric | checkpoints | Spearman pooled | Kendall pooled | pooled pick (acc) | pooled regret | worst within-series regret | degraded >= learned pairs | score s |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for row in robust["table"]:
+        d = row["degraded"]
+        failed = f" ({len(row['failed'])} failed)" if row.get("failed") else ""
+        add(f"| {row['label']} | {row['metric_label']} | {row['checkpoints']}{failed} | {fmt(row['spearman'])} | {fmt(row['kendall'])} | "
+            f"{row['pick'] or '-'} ({fmt(row['pick_accuracy'])}) | {fmt(row['regret'], 2)} | {fmt(row['worst_within_regret'], 2)} | "
+            f"{d.get('violations')}/{d.get('pairs')} | {fmt(row['seconds'], 0) if row['variant'] != 'default' else '-'} |")
+    add("")
+    spread = robust.get("seed_spread") or {}
+    if spread:
+        add("**Spread over 5 estimator seeds** (seed s = `--estimator-seed s --mask-seed s`, s = 0..4; per checkpoint the "
+            "sample SD (ddof 1) and max - min of the 5 MI values; relative to the range (max - min) of the seed-mean MI across "
+            "the checkpoints; issue target: spread < 5% of the range; last two columns: relative to the range of the seed-mean "
+            "MI clipped at 0 bits, so that one hugely negative bound does not widen the range):")
+        add("")
+        add("| metric | checkpoints | range of seed-mean MI (bits) | SD median / max (bits) | SD median / max (% of range) | "
+            "max-min median / max (bits) | max-min median / max (% of range) | largest SD at | seed-mean MI: Spearman / regret / degraded >= learned "
+            "| range clipped at 0 (bits) | SD median / max (% of clipped range) | largest SD of a non-degraded checkpoint (% of range, where) |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for item in spread.values():
+            m = item["seed_mean"]
+            add(f"| {item['label']} | {item['checkpoints']} | {fmt(item['range_of_seed_mean'], 3)} | {fmt(item['sd_median'], 4)} / "
+                f"{fmt(item['sd_max'], 4)} | {fmt(100 * item['sd_median_rel'], 1)}% / {fmt(100 * item['sd_max_rel'], 1)}% | "
+                f"{fmt(item['maxmin_median'], 4)} / {fmt(item['maxmin_max'], 4)} | {fmt(100 * item['maxmin_median_rel'], 1)}% / "
+                f"{fmt(100 * item['maxmin_max_rel'], 1)}% | {item['sd_max_checkpoint']} | {fmt(m['spearman'])} / {fmt(m['regret'], 2)} / "
+                f"{m['degraded'].get('violations')}/{m['degraded'].get('pairs')} | {fmt(item.get('range_of_seed_mean_clipped'), 3)} | "
+                f"{fmt(100 * item.get('sd_median_rel_clipped', math.nan), 1)}% / {fmt(100 * item.get('sd_max_rel_clipped', math.nan), 1)}% | "
+                f"{fmt(item.get('sd_max_not_degraded', math.nan), 4)} bits = {fmt(100 * item.get('sd_max_not_degraded_rel', math.nan), 1)}% "
+                f"({item.get('sd_max_not_degraded_checkpoint')}, {item.get('not_degraded_checkpoints')} non-degraded checkpoints) |")
+        add("")
+    if robust.get("not_run"):
+        add(f"Not run (no stored scores for these variants): {', '.join(robust['not_run'])}.")
+        add("")
+    return lines
 
 
 def metric_table(add: Callable[[str], None], table: dict, keys: Sequence[str], degraded: Optional[dict] = None) -> None:
@@ -764,7 +1064,7 @@ def decision_sections(results: dict) -> List[str]:
     if "split:test" not in summary["scopes"]:
         return lines
     chosen = decision["chosen"]
-    other_centering = {k: v for k, v in (("mi_", "mi_c_"), ("mi_c_", "mi_"))}
+    other_centering = {k: v for k, v in (("mi_c_", "mi_"), ("mi_", "mi_c_"))}  # longest prefix first
     twin = next((chosen.replace(a, b, 1) for a, b in other_centering.items() if chosen.startswith(a)), None)
     keys = list(dict.fromkeys([chosen, *([twin] if twin else []), "mi_last", "mi_c_last", "rankme_last", "rankme_t_last",
                                "inertia_last", "valid_loss", "latest"]))
@@ -826,7 +1126,9 @@ def write_report(results: dict, path: Path) -> None:
     add(f"- Scoring: `ssl-mi score CKPT... --data corpus/heldout.tsv --labels corpus/heldout.phn --layers {plan['score']['layers']}"
         f"{' ' + ' '.join(map(str, plan['score'].get('extra', []))) if plan['score'].get('extra') else ''} --centering none`, "
         f"and again without labels with `--centering utterance` (each utterance's mean feature subtracted from both views "
-        f"before k-means and the MI probe) -- every other setting is the estimator's default ({results['score_settings_text']}).")
+        f"before k-means and the MI probe; the product default since this benchmark) -- every other setting is the estimator's "
+        f"default ({results['score_settings_text']}); estimator code {results.get('estimator_code', 'not recorded')} "
+        f"(package version + hash of ssl_mi_callback/estimators/*.py and evaluator.py, stored with every score).")
     add(f"- **Ground truth** (\"phone-probe accuracy\"): the score command's supervised linear probe, fitted on a random half "
         f"of the *held-out* utterances and tested on the other half (estimator seed 0) -- not a probe trained on "
         f"probe_train and tested on probe_test. A constant guess of the most frequent phone (`sil`) scores "
@@ -863,6 +1165,7 @@ def write_report(results: dict, path: Path) -> None:
     for target, measured, ok in targets(summary):
         add(f"| {target} | {measured} | {check(ok)} |")
     add("")
+    lines.extend(robustness_section(results))
     add("## Details: every metric, every scope")
     add("")
     for scope, entry in summary["scopes"].items():
@@ -986,16 +1289,30 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--results-dir", type=Path, default=HERE, help="where results.md / results.json are written (default: next to this file)")
     parser.add_argument("--fresh", action="store_true", help="redo every stage even when DIR holds its outputs")
     parser.add_argument("--no-split-probe", action="store_true", help="skip the second ground truth (probe fitted on probe_train, tested on probe_test)")
+    parser.add_argument("--rescore", action="store_true", help="never train: reuse the corpus, HuBERT labels and checkpoints of DIR "
+                        "(error if a series has none) and redo every score stage whose stored result is not from the "
+                        "current estimator code (estimator_code(): a hash of ssl_mi_callback/estimators/*.py + evaluator.py)")
+    parser.add_argument("--robustness", default="none", help="robustness variants to score (label-free, centering utterance), "
+                        f"comma-separated groups of {','.join(ROBUSTNESS_GROUPS)}, 'all' or 'none' (default none)")
+    parser.add_argument("--robustness-splits", default="test", help="series splits the robustness variants are scored on (default test)")
     parser.add_argument("--report-only", action="store_true", help="recompute the tables from the per-checkpoint rows of DIR/results.json and rewrite results.json + results.md (no training or scoring)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    groups = list(ROBUSTNESS_GROUPS) if args.robustness == "all" else [g for g in args.robustness.split(",") if g and g != "none"]
+    unknown = [g for g in groups if g not in ROBUSTNESS_GROUPS]
+    if unknown:
+        parser.error(f"--robustness: unknown group(s) {unknown}; use {','.join(ROBUSTNESS_GROUPS)}, all or none")
+    robustness_splits = [s for s in args.robustness_splits.split(",") if s]
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
         recipes = {series["name"]: series["recipe"] for series in results["plan"]["series"]}
         for row in results["rows"]:  # results written before rows carried their recipe
             row.setdefault("recipe", recipes.get(row["series"]))
             row["valid_loss"] = math.nan if row.get("valid_loss") is None else row["valid_loss"]
-        results["summary"] = jsonable(summarise(results["rows"], results["layers"], results.get("majority_rate") or math.nan))
+        summary = summarise(results["rows"], results["layers"], results.get("majority_rate") or math.nan)
+        summary["robustness"] = summarise_robustness(results["rows"], results["layers"], results.get("majority_rate") or math.nan,
+                                                     summary["decision"], results.get("robustness") or {})
+        results["summary"] = jsonable(summary)
         (out / "results.json").write_text(json.dumps(jsonable(results), indent=1) + "\n", encoding="utf-8")
         (args.results_dir / "results.json").write_text(json.dumps(jsonable(results), indent=1) + "\n", encoding="utf-8")
         write_report(results, args.results_dir / "results.md")
@@ -1024,8 +1341,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     trained: Dict[str, dict] = {}
     stage = time.perf_counter()
+    log(f"estimator code {estimator_code()}" + (" (--rescore: no training)" if args.rescore else ""))
     for series in plan["series"]:
-        trained[series["name"]] = train_series(plan, series, out, args.fresh)
+        trained[series["name"]] = train_series(plan, series, out, args.fresh and not args.rescore, no_train=args.rescore)
         load.sample()
     timings["training"] = time.perf_counter() - stage
 
@@ -1044,15 +1362,22 @@ def main(argv: Optional[List[str]] = None) -> None:
             load.sample()
     timings["split_probe"] = time.perf_counter() - stage
 
+    stage = time.perf_counter()
+    robustness = run_robustness(plan, trained, out, args.fresh, groups, robustness_splits, load) if groups else {}
+    timings["robustness"] = time.perf_counter() - stage
+
     rows, layers = collect_rows(plan, trained, scored, split_probe)
     if not rows or not layers:
         raise SystemExit("no checkpoint was scored successfully; see the logs under " + str(out / "series"))
     summary = summarise(rows, layers, majority_rate(out / "corpus" / "heldout.phn"))
+    summary["robustness"] = summarise_robustness(rows, layers, majority_rate(out / "corpus" / "heldout.phn"),
+                                                 summary["decision"], robustness)
     load.sample()
     results = {
         "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
         "load": load.summary(), "plan": plan, "plan_file": str(plan_path.relative_to(ROOT)) if plan_path.is_relative_to(ROOT) else str(plan_path),
-        "common_overrides": list(COMMON_OVERRIDES), "corpus": corpus, "layers": layers,
+        "common_overrides": list(COMMON_OVERRIDES), "corpus": corpus, "layers": layers, "estimator_code": estimator_code(),
+        "robustness": robustness,
         "majority_rate": majority_rate(out / "corpus" / "heldout.phn"),
         "score_settings_text": score_settings_text(scored),
         "timings": {k: round(v, 1) for k, v in timings.items()}, "wall_seconds": round(time.perf_counter() - started, 1),
@@ -1062,7 +1387,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                            "centered": {k: s.get("centered", {}).get(k) for k in ("command", "seconds", "returncode", "settings")}}
                     for name, s in scored.items()},
         "rows": rows, "summary": summary,
-        "reused": sorted({f"{stage}:{name}" for stage, items in (("train", trained), ("score", scored), ("probe_split", split_probe))
+        "reused": sorted({f"{stage}:{name}" for stage, items in (("train", trained), ("score", scored), ("probe_split", split_probe),
+                                                                 ("robustness", (robustness or {}).get("variants", {})))
                           for name, item in items.items() if item.get("reused")} | ({"corpus"} if corpus.get("reused") else set())),
         "split_probe_frames": next((c.get("frames") for item in split_probe.values() for c in item.get("checkpoints", [])
                                     if c.get("status") == "ok"), None),
