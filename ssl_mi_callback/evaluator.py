@@ -296,8 +296,8 @@ class Evaluator:
             results.append((batch.index, per_layer, groups))
         return results
 
-    def _gather_features(self, local: object) -> list:
-        """All-gather every rank's features (or its feature-stage error); raises the same
+    def _gather_or_raise(self, local: object) -> list:
+        """All-gather every rank's stage result (or its stage error); raises the same
         :class:`EvaluationError` on every rank if any rank failed."""
         gathered = self.gather(local)
         errors = [str(part) for part in gathered if isinstance(part, EvaluationError)]
@@ -346,7 +346,7 @@ class Evaluator:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             forward_done = time.perf_counter()
-            gathered_features = self._gather_features(local)  # collective 1
+            gathered_features = self._gather_or_raise(local)  # collective 1
         gathered = time.perf_counter()
         try:  # estimator stage: the same k-means + probe on every rank, from the same gathered features
             estimate = self._estimate(gathered_features, device, num_layers)
@@ -425,10 +425,7 @@ class Evaluator:
         and rank 0's metrics are used everywhere."""
         if self.world_size == 1:
             return {}
-        everyone = self.gather(shared)
-        errors = [str(part) for part in everyone if isinstance(part, EvaluationError)]
-        if errors:
-            raise EvaluationError("; ".join(errors))
+        everyone = self._gather_or_raise(shared)
         assert isinstance(shared, dict)
         rank_values = [float(m["mi_bits"]) for m in everyone]
         spread = max(rank_values) - min(rank_values)

@@ -44,11 +44,11 @@ def weights_only_refusal(path: Any, error: BaseException) -> UnsafeCheckpointErr
     )
 
 
-def load_weights_only(path: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, refused in one line (:class:`UnsafeCheckpointError`)
-    when the file holds a pickled global outside torch's allowlist. ``weights_only=True`` is passed
-    explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` cannot turn it off."""
+def load_weights_only(path: Any, map_location: Any = "cpu", **kwargs: Any) -> Any:
+    """``torch.load(path, map_location, weights_only=True, **kwargs)``, refused in one line
+    (:class:`UnsafeCheckpointError`) when the file holds a pickled global outside torch's allowlist.
+    ``weights_only=True`` is passed explicitly, so torch's default does not matter."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location=map_location, weights_only=True, **kwargs)
     except pickle.UnpicklingError as error:
         raise weights_only_refusal(path, error) from None

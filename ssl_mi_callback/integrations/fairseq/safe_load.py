@@ -34,7 +34,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 # The generic weights-only pieces live in the fairseq-free ssl_mi_callback.safe_loading.
-from ...safe_loading import UnsafeCheckpointError
+from ...safe_loading import UnsafeCheckpointError, load_weights_only
 from ...safe_loading import weights_only_refusal as refusal
 
 __all__ = ["UnsafeCheckpointError", "allow_fairseq_checkpoint_classes", "fairseq_checkpoint_classes",
@@ -66,10 +66,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     allow_fairseq_checkpoint_classes()
     # torch refuses mmap for legacy (non-zip) files; those are read whole, still weights-only.
     kwargs = {"mmap": True} if mmap and zipfile.is_zipfile(str(path)) else {}
-    try:
-        return torch.load(str(path), map_location=map_location, weights_only=True, **kwargs)
-    except pickle.UnpicklingError as error:
-        raise refusal(path, error) from None
+    return load_weights_only(path, map_location, **kwargs)
 
 
 @contextlib.contextmanager
