@@ -38,6 +38,7 @@ class EvaluationConfig:
     clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
     probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
     views: str = field(default="auto", metadata={"help": "view pair: 'masked' (Za masked input, Zb unmasked, at the masked frames), 'past_future' (Za at frame t, Zb at frame t+future_offset; causal models such as APC) or 'auto' (the adapter's default)"})
+    position_control: bool = field(default=False, metadata={"help": "also estimate I(Za; c | P), the MI beyond what the frame's position in its utterance (P: distances to the edges) predicts of the clusters, as CE(c | P) - CE(c | Za, P) (two more probes; removes structure the views share without audio, seen in destroyed checkpoints); selection then uses it"})
     centering: str = field(default="utterance", metadata={"help": "'utterance': subtract each utterance's mean feature from both views before k-means and the probe (removes voice/channel structure shared by the views; chosen by the selection benchmark); 'none': raw features (the paper)"})
     future_offset: int = field(default=3, metadata={"help": "k of the past_future views in frames (3 frames = 60 ms at 20 ms frames)"})
     mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view"})
@@ -111,6 +112,17 @@ def _release_cuda_memory_after(outcome: object) -> None:
         torch.cuda.empty_cache()
 
 
+class BatchPairs(NamedTuple):
+    """One batch's frame pairs: {layer: (Za, Zb)}, the utterance index, frame index (0-based) and the
+    utterance's frame count of every pair."""
+
+    index: int
+    per_layer: dict
+    groups: torch.Tensor
+    frame_index: torch.Tensor
+    num_frames: torch.Tensor
+
+
 class _Estimate(NamedTuple):
     """The estimator stage's result on one rank."""
 
@@ -139,6 +151,18 @@ def _evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         torch.random.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+_POSITION_NAMES = {
+    "mi_given_control_bits": "mi_given_position_bits",
+    "ci95_given_control_bits": "ci95_given_position_bits",
+    "control_mi_bits": "mi_position_bits",
+}
+
+
+def _name_position_control(result: dict) -> dict:
+    """The estimator's generic control fields named for the position control (P = frame position)."""
+    return {_POSITION_NAMES.get(key, key): value for key, value in result.items()}
 
 
 def _check_finite(layer: int, utterances: Sequence, masked: torch.Tensor, unmasked: torch.Tensor) -> None:
@@ -279,7 +303,7 @@ class Evaluator:
         _check_frames(self.adapter.name, unmasked, len(batch.utterances), num_frames)
         return masked, unmasked, masks
 
-    def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[tuple[int, dict, torch.Tensor]]:
+    def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[BatchPairs]:
         results = []
         for batch in self.batches[self.rank :: self.world_size]:
             first, second, pairs = self._batch_views(model, batch, layers)
@@ -293,7 +317,9 @@ class Evaluator:
                     za, zb = za.cpu(), zb.cpu()
                 per_layer[layer] = (za, zb)
             groups = torch.repeat_interleave(torch.tensor([u.index for u in batch.utterances]), pairs.sum(dim=1))
-            results.append((batch.index, per_layer, groups))
+            frame_index = torch.nonzero(pairs)[:, 1]  # row-major, the order of first[layer][pairs]
+            num_frames = torch.full_like(frame_index, self.adapter.num_frames(model, batch.num_samples))
+            results.append(BatchPairs(batch.index, per_layer, groups, frame_index, num_frames))
         return results
 
     def _gather_or_raise(self, local: object) -> list:
@@ -306,18 +332,21 @@ class Evaluator:
         return gathered
 
     @staticmethod
-    def _assemble(gathered: list) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Every rank's batches in global batch order: ({layer: (Za, Zb)}, utterance index per frame pair)."""
-        items = [item for rank_items in gathered for item in rank_items]
+    def _assemble(gathered: list) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+        """Every rank's batches in global batch order: ({layer: (Za, Zb)}, utterance index per frame pair,
+        position features per frame pair)."""
+        items: list[BatchPairs] = [item for rank_items in gathered for item in rank_items]
         if not items:
             raise EvaluationError("the held-out subset produced no batches")
-        items.sort(key=lambda item: item[0])
-        layers = items[0][1].keys()
+        items.sort(key=lambda item: item.index)
         features = {
-            layer: (torch.cat([i[1][layer][0] for i in items]), torch.cat([i[1][layer][1] for i in items]))
-            for layer in layers
+            layer: (torch.cat([i.per_layer[layer][0] for i in items]), torch.cat([i.per_layer[layer][1] for i in items]))
+            for layer in items[0].per_layer
         }
-        return features, torch.cat([i[2] for i in items])
+        positions = estimators.position_features(
+            torch.cat([i.frame_index for i in items]), torch.cat([i.num_frames for i in items])
+        )
+        return features, torch.cat([i.groups for i in items]), positions
 
     def evaluate(self, model: torch.nn.Module) -> dict:
         """Run one evaluation; raises on failure (the callback decides what a failure costs).
@@ -388,7 +417,7 @@ class Evaluator:
 
     def _estimate(self, gathered: list, device: torch.device, num_layers: int) -> _Estimate:
         """Per layer: (centering,) k-means on Zb, probe on Za, the bound and its interval, baselines."""
-        features, groups = self._assemble(gathered)
+        features, groups, positions = self._assemble(gathered)
         per_layer: dict[int, dict] = {}
         metrics: dict[str, float] = {}
         baseline_seconds = 0.0
@@ -401,19 +430,26 @@ class Evaluator:
                 mi_za, mi_zb, layer_groups,
                 clusters=self.config.clusters, probe=self.config.probe, seed=self.config.estimator_seed,
                 fit_fraction=self.config.fit_fraction, bootstrap=self.config.bootstrap,
+                control=positions.to(device) if self.config.position_control else None,
             ).to_dict()
+            result = _name_position_control(result)
             if self.config.baselines:
                 baseline_started = time.perf_counter()
                 result["rankme"] = float(estimators.rankme(zb))
                 result["rankme_t"] = float(estimators.rankme_utterance(zb, layer_groups))
                 baseline_seconds += time.perf_counter() - baseline_started
             per_layer[layer] = result
-            for key in ("mi_bits", "h_c_bits", "h_c_plugin_bits", "ce_bits", "mi_normalized", "kmeans_inertia_eval", "rankme", "rankme_t"):
+            for key in ("mi_bits", "h_c_bits", "h_c_plugin_bits", "ce_bits", "mi_normalized", "kmeans_inertia_eval", "rankme", "rankme_t",
+                        "mi_given_position_bits", "mi_position_bits"):
                 if isinstance(result.get(key), (int, float)):
                     metrics[f"{key}_l{layer}"] = float(result[key])
             if result.get("ci95_bits") is not None:
                 low, high = result["ci95_bits"]
                 metrics[f"mi_ci95_low_l{layer}"], metrics[f"mi_ci95_high_l{layer}"] = float(low), float(high)
+            if result.get("ci95_given_position_bits") is not None:
+                low, high = result["ci95_given_position_bits"]
+                metrics[f"mi_given_position_ci95_low_l{layer}"] = float(low)
+                metrics[f"mi_given_position_ci95_high_l{layer}"] = float(high)
         metrics["mi_bits"] = self._selection_value(per_layer, num_layers)
         metrics = {key: round(value, METRIC_DECIMALS) for key, value in metrics.items()}
         return _Estimate(per_layer, metrics, baseline_seconds, int(groups.numel()))
@@ -436,12 +472,14 @@ class Evaluator:
         return {"distributed": {"world_size": self.world_size, "rank_mi_bits": rank_values}}
 
     def _selection_value(self, per_layer: dict[int, dict], num_layers: int) -> float:
+        """The configured layer or mean over layers of mi_bits (of mi_given_position_bits with position_control)."""
+        key = "mi_given_position_bits" if self.config.position_control else "mi_bits"
         selection = self.config.selection
         if selection == "last":
-            return float(per_layer[max(per_layer)]["mi_bits"])
+            return float(per_layer[max(per_layer)][key])
         if selection == "mean":
-            return float(sum(r["mi_bits"] for r in per_layer.values()) / len(per_layer))
+            return float(sum(r[key] for r in per_layer.values()) / len(per_layer))
         layer = resolve_layers([int(selection)], num_layers)[0]
         if layer not in per_layer:
             raise ValueError(f"selection layer {layer} is not among the scored layers {sorted(per_layer)}")
-        return float(per_layer[layer]["mi_bits"])
+        return float(per_layer[layer][key])

@@ -102,7 +102,7 @@ def extract(model: torch.nn.Module, corpus: Path, split: str, max_seconds: float
                                             ("za", "zb", "groups", "labels", "z_all", "groups_all", "labels_all")}
         from ssl_mi_callback.views import span_mask
 
-        for batch, (index, per_layer, groups) in zip(evaluator.batches, parts):
+        for batch, (index, per_layer, groups, _, _) in zip(evaluator.batches, parts):
             assert batch.index == index
             za, zb = per_layer[layer]
             out["za"].append(za.numpy())

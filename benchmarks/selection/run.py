@@ -312,6 +312,9 @@ def train_series(plan: dict, series: dict, out: Path, fresh: bool, no_train: boo
 
 # ----------------------------------------------------------------------------------- stage 3: scoring
 CENTERINGS = ("none", "utterance")  # every checkpoint is scored once per setting of ssl-mi score --centering
+POSITION_CONTROL_ARGS = ["--position-control", "true"]
+"""The label-free (centering utterance) runs also estimate I(Za; c | position): one run gives the plain
+centred bound (unchanged by the option) and the position-controlled candidates."""
 
 
 def score_series(plan: dict, series: dict, trained: dict, out: Path, fresh: bool) -> dict:
@@ -332,7 +335,7 @@ def score_series_once(plan: dict, series: dict, trained: dict, out: Path, fresh:
     paths = [trained["checkpoints"][step] for step in sorted(trained["checkpoints"], key=int)]
     suffix = "" if centering == "none" else f"_{centering}"
     json_path = run_dir / f"score{suffix}.json"
-    labels = ["--labels", str(out / "corpus" / "heldout.phn")] if centering == "none" else []
+    labels = ["--labels", str(out / "corpus" / "heldout.phn")] if centering == "none" else POSITION_CONTROL_ARGS
     command = [PYTHON, "-m", "ssl_mi_callback.cli", "score", *paths, "--data", str(out / "corpus" / "heldout.tsv"),
                *labels, "--layers", str(score["layers"]), "--centering", centering,
                "--max-seconds", str(score.get("max_seconds", 300)), *map(str, score.get("extra", [])), "--json", str(json_path)]
@@ -424,8 +427,8 @@ def score_variant(plan: dict, series: dict, trained: dict, out: Path, fresh: boo
     paths = [trained["checkpoints"][step] for step in sorted(trained["checkpoints"], key=int)]
     json_path = run_dir / f"{name}.json"
     command = [PYTHON, "-m", "ssl_mi_callback.cli", "score", *paths, "--data", str(out / "corpus" / "heldout.tsv"),
-               "--layers", str(score["layers"]), "--centering", "utterance", "--max-seconds", str(score.get("max_seconds", 300)),
-               *map(str, score.get("extra", [])), *args, "--json", str(json_path)]
+               "--layers", str(score["layers"]), "--centering", "utterance", *POSITION_CONTROL_ARGS,
+               "--max-seconds", str(score.get("max_seconds", 300)), *map(str, score.get("extra", [])), *args, "--json", str(json_path)]
     marker = run_dir / f"{name}_command.txt"
     label = f"{series['name']} ({name})"
     if not fresh and marker_matches(marker, json_path, command):
@@ -475,7 +478,7 @@ def robustness_metrics(layers: Sequence[int], decision: dict) -> List[Metric]:
     utterance form when the development rule chose centering none) and the product default (last layer)."""
     candidates = {metric.key: metric for metric in candidate_metrics(layers)}
     chosen = decision.get("chosen", "mi_c_last")
-    chosen = chosen if chosen.startswith("mi_c_") else "mi_c_" + chosen[len("mi_"):]
+    chosen = chosen if chosen.startswith(("mi_c_", "mi_cp_")) else "mi_c_" + chosen[len("mi_"):]
     return [candidates[key] for key in dict.fromkeys([chosen, "mi_c_last"]) if key in candidates]
 
 
@@ -651,9 +654,16 @@ PRODUCT_DEFAULT_METRIC = "mi_c_last" if PRODUCT_CENTERING == "utterance" else "m
 
 def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
     """The MI settings the development series choose from: centering (none / utterance) x layer rule
-    (last layer, layer 1, mean over the scored layers, MI / H(C) at the last layer), tie-break order."""
+    (last layer, layer 1, mean over the scored layers, MI / H(C) at the last layer), then centering
+    utterance with the position control, I(Za; c | position), x (last layer, layer 1, mean); tie-break order."""
     last = layers[-1]
     metrics = []
+    position_rules = {
+        "last": Metric("mi_cp_last", f"MI given position l{last}, centering utterance", metric_value(f"mi_given_position_bits_centered_l{last}"), +1),
+        "layer 1": Metric("mi_cp_l1", "MI given position l1, centering utterance", metric_value("mi_given_position_bits_centered_l1"), +1),
+        "mean": Metric("mi_cp_mean", "MI given position mean over layers, centering utterance",
+                       mean_of([f"mi_given_position_bits_centered_l{k}" for k in layers]), +1),
+    }
     for centering, infix in CENTERING_SUFFIX.items():
         prefix = "mi" if centering == "none" else "mi_c"
         tag = "centering none" if centering == "none" else "centering utterance"
@@ -669,6 +679,11 @@ def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
                 continue
             rules[rule].setting = {"centering": centering, "layer_rule": rule}
             metrics.append(rules[rule])
+    for rule, metric in position_rules.items():
+        if rule != "last" and len(layers) < 2:
+            continue
+        metric.setting = {"centering": "utterance + position control", "layer_rule": rule}
+        metrics.append(metric)
     return metrics
 
 
@@ -1065,9 +1080,9 @@ def decision_sections(results: dict) -> List[str]:
     if "split:test" not in summary["scopes"]:
         return lines
     chosen = decision["chosen"]
-    other_centering = {k: v for k, v in (("mi_c_", "mi_"), ("mi_", "mi_c_"))}  # longest prefix first
+    other_centering = {k: v for k, v in (("mi_cp_", "mi_c_"), ("mi_c_", "mi_"), ("mi_", "mi_c_"))}  # longest prefix first
     twin = next((chosen.replace(a, b, 1) for a, b in other_centering.items() if chosen.startswith(a)), None)
-    keys = list(dict.fromkeys([chosen, *([twin] if twin else []), "mi_last", "mi_c_last", "rankme_last", "rankme_t_last",
+    keys = list(dict.fromkeys([chosen, *([twin] if twin else []), "mi_last", "mi_c_last", "mi_cp_last", "rankme_last", "rankme_t_last",
                                "inertia_last", "valid_loss", "latest"]))
     scope = summary["scopes"]["split:test"]
     for truth_key in ("acc_last", "split_last"):
@@ -1197,7 +1212,8 @@ def write_report(results: dict, path: Path) -> None:
                 continue
             add(f"### Picks per series ({scope_title}; {truth_label}; pick step / regret in points)")
             add("")
-            keys = [k for k in ("mi_last", "mi_l1", "mi_mean", "mi_c_last", "mi_c_l1", "mi_c_mean", "rankme_last", "rankme_t_last",
+            keys = [k for k in ("mi_last", "mi_l1", "mi_mean", "mi_c_last", "mi_c_l1", "mi_c_mean", "mi_cp_last", "mi_cp_l1", "mi_cp_mean",
+                                "rankme_last", "rankme_t_last",
                                 "inertia_last", "valid_loss", "latest") if k in table]
             picks_table(add, table, keys)
             add("")
@@ -1222,6 +1238,7 @@ def write_report(results: dict, path: Path) -> None:
     add("## Every checkpoint")
     add("")
     head = ["series", "step", "valid loss"] + [f"MI l{k}" for k in layers] + [f"MI centred l{k}" for k in layers] \
+        + [f"MI centred given position l{k}" for k in layers] \
         + [f"RankMe l{last}", f"RankMe-t l{last}", f"inertia l{last}"] \
         + [f"probe acc l{k}" for k in layers] + [f"probe_train->test acc l{last}", f"I(Z;Y) l{last}", "score s"]
     add("| " + " | ".join(head) + " |")
@@ -1230,6 +1247,7 @@ def write_report(results: dict, path: Path) -> None:
         m = row["metrics"]
         cells = [row["series"], str(row["step"]), fmt(row["valid_loss"])] + [fmt(m.get(f"mi_bits_l{k}"), 4) for k in layers] \
             + [fmt(m.get(f"mi_bits_centered_l{k}"), 4) for k in layers] \
+            + [fmt(m.get(f"mi_given_position_bits_centered_l{k}"), 4) for k in layers] \
             + [fmt(m.get(f"rankme_l{last}"), 2), fmt(m.get(f"rankme_t_l{last}"), 2), fmt(m.get(f"kmeans_inertia_eval_l{last}"), 3)] \
             + [fmt(m.get(f"phone_accuracy_l{k}")) for k in layers] + [fmt(m.get(f"split_probe_accuracy_l{last}")),
                                                                      fmt(m.get(f"phone_mi_bits_l{last}")), fmt(row.get("seconds"), 1)]

@@ -9,6 +9,7 @@ from .bootstrap import EvalStatistics, basic_interval, bound_interval
 from .bounds import MIResult, SupervisedMIResult, UnsupervisedMIResult, supervised_mi, unsupervised_mi
 from .information import entropy_bits
 from .kmeans import OnlineKMeans, kmeans_plusplus
+from .position import position_features
 from .probes import PROBES, LinearProbe, MLPProbe, make_probe
 from .reduce import ReduceFn, no_reduce
 from .splits import center_by_group, split_by_group
@@ -34,6 +35,7 @@ __all__ = [
     "kmeans_plusplus",
     "make_probe",
     "no_reduce",
+    "position_features",
     "rankme",
     "rankme_utterance",
     "split_by_group",

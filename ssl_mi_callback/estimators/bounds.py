@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .bootstrap import EvalStatistics, bound_interval
+from .bootstrap import EvalStatistics, basic_interval, bound_interval, resample_weights
 from .kmeans import OnlineKMeans
 from .probes import PROBES, make_probe
 from .reduce import ReduceFn
@@ -99,13 +99,34 @@ class UnsupervisedMIResult(MIResult):
     """I(Za; c(Zb)) bound. h_c_bits: the reference term -mean log2 qbar(c) on eval, jackknife-corrected
     (so mi_bits = h_c_bits - ce_bits; it is >= H(c) up to sampling noise, equal when the probe's mean
     prediction matches the cluster frequencies); h_c_plugin_bits: plug-in H(c) on eval; clusters: K;
-    kmeans_inertia_eval: mean squared distance of eval zb frames to their centre."""
+    kmeans_inertia_eval: mean squared distance of eval zb frames to their centre.
+
+    With a control variable P (``unsupervised_mi(control=P)``; None otherwise): mi_given_control_bits
+    = CE(c | P) - CE(c | Za, P) on eval, an estimate of I(Za; c | P) = I(Za, P; c) - I(P; c) (not a
+    bound: both CEs are upper bounds); its 95% basic bootstrap interval over eval utterances
+    ci95_given_control_bits; control_mi_bits: the bound on I(P; c) (what P alone predicts of c)."""
 
     estimator: ClassVar[str] = "unsupervised"
     h_c_bits: float
     h_c_plugin_bits: float
     clusters: int
     kmeans_inertia_eval: float
+    mi_given_control_bits: Optional[float] = None
+    ci95_given_control_bits: Optional[Tuple[float, float]] = None
+    control_mi_bits: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """As :meth:`MIResult.to_dict`; the control fields only when a control was given."""
+        fields = super().to_dict()
+        if self.mi_given_control_bits is None:
+            for name in CONTROL_FIELDS:
+                del fields[name]
+        elif fields["ci95_given_control_bits"] is not None:
+            fields["ci95_given_control_bits"] = list(fields["ci95_given_control_bits"])
+        return fields
+
+
+CONTROL_FIELDS = ("mi_given_control_bits", "ci95_given_control_bits", "control_mi_bits")
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,40 @@ def mix_with_prior(log_proba_nats: Tensor, fit_targets: Tensor, n_classes: int, 
     return torch.logaddexp(log_proba_nats + math.log1p(-weight), log_prior + math.log(weight))
 
 
+@dataclass(frozen=True)
+class _ControlledEstimate:
+    mi_given_control: float  # CE(c | P) - CE(c | Za, P), bits
+    interval: Optional[Tuple[float, float]]
+    control_bound: float  # bound on I(P; c)
+
+
+def _given_control(
+    za: Tensor, control: Tensor, codes: Tensor, groups: Tensor, fit: Tensor, held_out: Tensor,
+    *, probe: str, clusters: int, seed: int, bootstrap: int, prior_mix: float,
+) -> _ControlledEstimate:
+    """I(Za; c | P) as CE(c | P) - CE(c | Za, P): one probe on P alone, one on [Za, P], both fitted on the
+    fit part and measured (mixed with the prior like the main bound) on the eval part."""
+    joint = torch.cat([za, control], dim=1)
+    log_q = []
+    for inputs in (control, joint):
+        q = make_probe(probe, clusters, seed=seed).fit(inputs[fit], codes[fit], groups[fit])
+        log_q.append(mix_with_prior(q.predict_log_proba(inputs[held_out]), codes[fit], clusters, prior_mix))
+    targets, eval_groups = codes[held_out], groups[held_out]
+    control_bound = _bound_on_eval(log_q[0], targets, eval_groups, 0, seed).mi
+    picked = [lq.gather(1, targets[:, None])[:, 0].detach().double().cpu() for lq in log_q]
+    gains = (picked[1] - picked[0]) / math.log(2.0)  # log2 q(c | Za, P) - log2 q(c | P) per frame
+    _, utterance = torch.unique(eval_groups.cpu(), return_inverse=True)
+    n_utterances = int(utterance.max()) + 1
+    gain_sums = torch.zeros(n_utterances, dtype=torch.float64).index_add_(0, utterance, gains)
+    frames = torch.bincount(utterance, minlength=n_utterances).double()
+    estimate = float(gain_sums.sum() / frames.sum())
+    interval = None
+    if bootstrap > 0:
+        weights = resample_weights(n_utterances, bootstrap, make_generator(seed, "bootstrap-control"))
+        interval = basic_interval(estimate, (weights @ gain_sums) / (weights @ frames))
+    return _ControlledEstimate(estimate, interval, control_bound)
+
+
 def _probe_weight_decay(q: Any) -> Optional[float]:
     """The probe's L2 strength (None: the linear probe kept the marginal, W = 0)."""
     value = float(getattr(q, "weight_decay_", q.weight_decay))
@@ -212,6 +267,7 @@ def unsupervised_mi(
     bootstrap: int = 1000,
     prior_mix: float = PRIOR_MIX,
     reduce_fn: Optional[ReduceFn] = None,
+    control: Optional[ArrayLike] = None,
     device: Device = None,
 ) -> UnsupervisedMIResult:
     """Lower bound on I(Za; Zb) in bits: -mean log2 qbar(c) - CE with c = k-means cluster of zb, q(c | za)
@@ -221,8 +277,10 @@ def unsupervised_mi(
     of each frame. Frames with a NaN/inf in za or zb are dropped and counted. ``reduce_fn`` sums the
     k-means statistics across processes (see :mod:`.reduce`; the k-means++ seeds must agree, else an
     error); the probe and the bound use this process's frames. ``prior_mix``: weight of the fit part's
-    cluster frequencies mixed into the probe (module docstring). Computes on the inputs' device (or
-    ``device``).
+    cluster frequencies mixed into the probe (module docstring). ``control`` (N, Dp): features of a
+    nuisance variable P the views share (e.g. :func:`.position.position_features`); when given, the
+    result also has I(Za; c | P) estimated as CE(c | P) - CE(c | Za, P) (two more probes). Computes on
+    the inputs' device (or ``device``).
     """
     probe, fit_fraction, bootstrap, prior_mix = _common_settings(probe, fit_fraction, bootstrap, prior_mix)
     clusters = check_int(clusters, "clusters", 2)
@@ -230,7 +288,12 @@ def unsupervised_mi(
     za, zb = as_features(za, "za", device), as_features(zb, "zb", device)
     groups = as_ids(groups, "groups", device)
     check_same_length(za=za, zb=zb, groups=groups)
-    finite, dropped = finite_rows(za, zb)
+    if control is not None:
+        control = as_features(control, "control", device)
+        check_same_length(za=za, control=control)
+    finite, dropped = finite_rows(za, zb) if control is None else finite_rows(za, zb, control)
+    if control is not None:
+        control = control[finite]
     za, zb, groups = za[finite], zb[finite], groups[finite]
     fit, held_out = _split(groups, fit_fraction, seed)
     n_fit, n_eval = int(fit.sum()), int(held_out.sum())
@@ -244,6 +307,12 @@ def unsupervised_mi(
     log_proba = mix_with_prior(q.predict_log_proba(za[held_out]), codes[fit], clusters, prior_mix)
     bound = _bound_on_eval(log_proba, codes[held_out], groups[held_out], bootstrap, seed)
     reference = bound.mi + bound.cross_entropy
+    controlled = None
+    if control is not None:
+        controlled = _given_control(
+            za, control, codes, groups, fit, held_out,
+            probe=probe, clusters=clusters, seed=seed, bootstrap=bootstrap, prior_mix=prior_mix,
+        )
     return UnsupervisedMIResult(
         mi_bits=bound.mi,
         ce_bits=bound.cross_entropy,
@@ -265,6 +334,9 @@ def unsupervised_mi(
         h_c_plugin_bits=bound.plugin_entropy,
         clusters=clusters,
         kmeans_inertia_eval=kmeans.inertia(zb[held_out]),
+        mi_given_control_bits=None if controlled is None else controlled.mi_given_control,
+        ci95_given_control_bits=None if controlled is None else controlled.interval,
+        control_mi_bits=None if controlled is None else controlled.control_bound,
     )
 
 
