@@ -11,13 +11,13 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import estimators
-from .data import HeldOutSubset, plan_batches
+from .data import Batch, HeldOutSubset, plan_batches
 from .distributed import GatherFn, gather_objects
 from .features import VIEW_PAIRS, FeatureAdapter, resolve_layers
 from .views import MaskConfig, span_mask
@@ -38,8 +38,8 @@ class EvaluationConfig:
     clusters: int = field(default=50, metadata={"help": "k-means clusters K on the unmasked view (paper: 50)"})
     probe: str = field(default="linear", metadata={"help": "probe q(c|Za): 'linear' (multinomial logistic regression) or 'mlp'"})
     views: str = field(default="auto", metadata={"help": "view pair: 'masked' (Za masked input, Zb unmasked, at the masked frames), 'past_future' (Za at frame t, Zb at frame t+future_offset; causal models such as APC) or 'auto' (the adapter's default)"})
-    position_control: bool = field(default=False, metadata={"help": "also estimate I(Za; c | P), the MI beyond what the frame's position in its utterance (P: distances to the edges) predicts of the clusters, as CE(c | P) - CE(c | Za, P) (two more probes; removes structure the views share without audio, seen in destroyed checkpoints); selection then uses it"})
     centering: str = field(default="utterance", metadata={"help": "'utterance': subtract each utterance's mean feature from both views before k-means and the probe (removes voice/channel structure shared by the views; chosen by the selection benchmark); 'none': raw features (the paper)"})
+    position_control: bool = field(default=True, metadata={"help": "also estimate I(Za; c | P), the MI beyond what the frame's position in its utterance (P: distances to the edges) predicts of the clusters, as CE(c | P) - CE(c | Za, P), and select by it (two more probes; removes structure the views share without audio, which made destroyed checkpoints score; chosen by the selection benchmark, round 2); false: select by the plain bound"})
     future_offset: int = field(default=3, metadata={"help": "k of the past_future views in frames (3 frames = 60 ms at 20 ms frames)"})
     mask_prob: float = field(default=0.5, metadata={"help": "span-mask probability of the masked view"})
     mask_length: int = field(default=10, metadata={"help": "span-mask length in frames"})
@@ -121,6 +121,11 @@ class BatchPairs(NamedTuple):
     groups: torch.Tensor
     frame_index: torch.Tensor
     num_frames: torch.Tensor
+
+
+UnmaskedSink = Callable[[Batch, dict[int, torch.Tensor]], None]
+"""Called by :meth:`Evaluator.evaluate` with each of this rank's batches and its unmasked features of every
+frame ({layer: [B, F, D]}), e.g. to reuse the forward for a supervised probe (``scoring``)."""
 
 
 class _Estimate(NamedTuple):
@@ -285,8 +290,9 @@ class Evaluator:
 
     def _batch_views(
         self, model: torch.nn.Module, batch, layers: list[int]
-    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
-        """(Za source, Zb source, pair mask [B, F']): Za = first[layer][pairs], Zb = second[layer][pairs]."""
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor, dict[int, torch.Tensor]]:
+        """(Za source, Zb source, pair mask [B, F'], unmasked features of every frame [B, F, D]):
+        Za = first[layer][pairs], Zb = second[layer][pairs]."""
         waveforms = batch.waveforms()
         num_frames = self.adapter.num_frames(model, batch.num_samples)
         if self.view_pair == "past_future":
@@ -296,17 +302,21 @@ class Evaluator:
             past = {layer: value[:, : num_frames - k] for layer, value in features.items()}
             future = {layer: value[:, k:] for layer, value in features.items()}
             pairs = torch.ones(len(batch.utterances), max(num_frames - k, 0), dtype=torch.bool)
-            return past, future, pairs
+            return past, future, pairs, features
         mask_config = self.config.mask_config()
         masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
         masked, unmasked = self.adapter.extract_views(model, waveforms, masks, layers)
         _check_frames(self.adapter.name, unmasked, len(batch.utterances), num_frames)
-        return masked, unmasked, masks
+        return masked, unmasked, masks, unmasked
 
-    def _local_features(self, model: torch.nn.Module, layers: list[int]) -> list[BatchPairs]:
+    def _local_features(
+        self, model: torch.nn.Module, layers: list[int], unmasked_sink: Optional[UnmaskedSink] = None
+    ) -> list[BatchPairs]:
         results = []
         for batch in self.batches[self.rank :: self.world_size]:
-            first, second, pairs = self._batch_views(model, batch, layers)
+            first, second, pairs, unmasked = self._batch_views(model, batch, layers)
+            if unmasked_sink is not None:
+                unmasked_sink(batch, unmasked)
             device_pairs = pairs.to(_model_device(model))
             per_layer = {}
             for layer in layers:
@@ -348,16 +358,17 @@ class Evaluator:
         )
         return features, torch.cat([i.groups for i in items]), positions
 
-    def evaluate(self, model: torch.nn.Module) -> dict:
+    def evaluate(self, model: torch.nn.Module, unmasked_sink: Optional[UnmaskedSink] = None) -> dict:
         """Run one evaluation; raises on failure (the callback decides what a failure costs).
 
         Safe to call from a host's validation loop: the probes need autograd, so inference mode and
         no_grad of the caller are lifted for the estimators (the forward itself runs without grad).
+        ``unmasked_sink`` (see :data:`UnmaskedSink`) receives each batch's unmasked features.
         """
         with torch.inference_mode(False), torch.enable_grad():
-            return self._evaluate(model)
+            return self._evaluate(model, unmasked_sink)
 
-    def _evaluate(self, model: torch.nn.Module) -> dict:
+    def _evaluate(self, model: torch.nn.Module, unmasked_sink: Optional[UnmaskedSink] = None) -> dict:
         """Two stages, each guarded per rank: a rank whose stage raises (bad audio, out of memory, a
         numerical failure) hands an :class:`EvaluationError` to the collective that follows the
         stage, so every rank raises the same error there instead of the others waiting forever."""
@@ -368,7 +379,7 @@ class Evaluator:
         device = _model_device(model)
         with _evaluation_mode(model):
             try:  # feature stage: this rank's share of the forward passes
-                local: object = self._local_features(model, layers)
+                local: object = self._local_features(model, layers, unmasked_sink)
             except Exception as error:
                 local = _stage_failure(self.rank, error)
             _release_cuda_memory_after(local)

@@ -135,10 +135,13 @@ def resolve_loader(family: str) -> Loader:
 
 
 def supervised_by_layer(
-    evaluator: Evaluator, model: torch.nn.Module, labels: Dict[str, np.ndarray], layers: Sequence[int]
+    evaluator: Evaluator, model: torch.nn.Module, labels: Dict[str, np.ndarray], layers: Sequence[int],
+    unmasked: Optional[Dict[int, Dict[int, torch.Tensor]]] = None,
 ) -> dict:
     """I(Z; Y) lower bound and probe accuracy per layer, from the unmasked features of every frame of the
-    evaluator's held-out batches (utterances cropped as the evaluator crops them)."""
+    evaluator's held-out batches (utterances cropped as the evaluator crops them). ``unmasked``: the
+    features {batch index: {layer: [B, F, D]}} an evaluation already computed (its ``unmasked_sink``);
+    batches missing there are run through the model."""
     features: Dict[int, List[torch.Tensor]] = {layer: [] for layer in layers}
     frame_labels, groups = [], []
     missing = mismatched = 0
@@ -161,7 +164,10 @@ def supervised_by_layer(
                 groups.append(np.full(num_frames, utterance.index))
             if not rows:
                 continue
-            extracted = adapter.extract(model, batch.waveforms()[rows], layers)
+            if unmasked is not None and batch.index in unmasked:
+                extracted = {layer: unmasked[batch.index][layer][rows] for layer in layers}
+            else:
+                extracted = adapter.extract(model, batch.waveforms()[rows], layers)
             for layer in layers:
                 features[layer].append(extracted[layer].float().reshape(-1, extracted[layer].shape[-1]).cpu())
     if not frame_labels:
@@ -200,10 +206,15 @@ def score_checkpoint(
         loaded = loader(path, device)
         evaluator = Evaluator(config, subset, loaded.adapter)
         evaluator.check_model(loaded.model)
-        record = evaluator.evaluate(loaded.model)
+        unmasked: Dict[int, Dict[int, torch.Tensor]] = {}
+
+        def keep_unmasked(batch, features: Dict[int, torch.Tensor]) -> None:  # one forward serves both
+            unmasked[batch.index] = {layer: value.detach().float().cpu() for layer, value in features.items()}
+
+        record = evaluator.evaluate(loaded.model, unmasked_sink=keep_unmasked if labels is not None else None)
         if labels is not None:
             layers = resolve_layers(config.layers, loaded.adapter.num_layers(loaded.model))
-            supervised = supervised_by_layer(evaluator, loaded.model, labels, layers)
+            supervised = supervised_by_layer(evaluator, loaded.model, labels, layers, unmasked)
             record["supervised"] = supervised
             for layer, fields in supervised["layers"].items():
                 record["metrics"][f"phone_mi_bits_l{layer}"] = round(fields["mi_bits"], METRIC_DECIMALS)

@@ -194,7 +194,7 @@ def test_evaluator_scores_every_family(family, subset, one_torch_thread):
     assert set(record["layers"]) == {"1", "2"}
     for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2", "h_c_bits_l2", "ce_bits_l2"):
         assert math.isfinite(record["metrics"][key]), key
-    assert record["metrics"]["mi_bits"] == record["metrics"]["mi_bits_l2"]
+    assert record["metrics"]["mi_bits"] == record["metrics"]["mi_given_position_bits_l2"]
     assert model.training  # the evaluator restored the mode
 
 

@@ -190,7 +190,7 @@ def test_evaluator_gives_a_finite_bound(kind, subset, one_torch_thread):
     assert record["status"] == "ok" and record["settings"]["adapter"] == "torchaudio"
     for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2", "h_c_bits_l2", "ce_bits_l2", "mi_ci95_low_l2"):
         assert math.isfinite(record["metrics"][key]), key
-    assert record["metrics"]["mi_bits"] == record["metrics"]["mi_bits_l2"]
+    assert record["metrics"]["mi_bits"] == record["metrics"]["mi_given_position_bits_l2"]
     assert record["metrics"]["h_c_bits_l2"] > 1.0  # 8 clusters actually used
 
 

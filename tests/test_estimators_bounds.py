@@ -318,3 +318,59 @@ def test_utterance_centering_removes_information_that_is_constant_over_an_uttera
     raw = unsupervised_mi(za, zb, groups, clusters=8, bootstrap=0)
     centred = unsupervised_mi(center_by_group(za, groups), center_by_group(zb, groups), groups, clusters=8, bootstrap=0)
     assert raw.mi_bits > 1.0 and abs(centred.mi_bits) < 0.05
+
+
+def _edge_structure(generator: torch.Generator, n_utterances: int = 60, frames: int = 40, dims: int = 8):
+    """Frames whose features encode only how close they are to their utterance's edges (as the views of a
+    destroyed model do, seen through a positional convolution), plus the frame positions."""
+    from ssl_mi_callback.estimators import position_features
+
+    groups = torch.arange(n_utterances).repeat_interleave(frames)
+    index = torch.arange(frames).repeat(n_utterances)
+    length = torch.full_like(index, frames)
+    near_start, near_end = (index < 4).float(), (index >= frames - 4).float()
+    pattern = torch.randn(2, dims, generator=generator) * 3.0
+    edges = near_start[:, None] * pattern[0] + near_end[:, None] * pattern[1]
+    return groups, edges, position_features(index, length)
+
+
+def test_position_control_removes_what_position_alone_predicts():
+    """Views that share only edge structure: positive plain bound, ~0 given position; views that also share
+    content keep it: I(Za; c | P) >= the plain bound minus I(P; c)."""
+    generator = torch.Generator().manual_seed(0)
+    groups, edges, positions = _edge_structure(generator)
+    noise = lambda: torch.randn(edges.shape, generator=generator)  # noqa: E731
+    only_edges = unsupervised_mi(edges + noise(), edges + noise(), groups, clusters=8, bootstrap=100, control=positions)
+    assert only_edges.mi_bits > 0.3 and only_edges.control_mi_bits > 0.3
+    assert abs(only_edges.mi_given_control_bits) < 0.05
+    low, high = only_edges.ci95_given_control_bits
+    assert low <= only_edges.mi_given_control_bits <= high and low < 0.0 < high + 0.02
+
+    content = torch.randn(8, edges.shape[1], generator=generator)[torch.randint(8, (groups.shape[0],), generator=generator)] * 3.0
+    shared = unsupervised_mi(edges + content + noise(), edges + content + noise(), groups, clusters=8, bootstrap=0, control=positions)
+    assert shared.mi_given_control_bits > 1.0
+    assert shared.mi_given_control_bits >= shared.mi_bits - shared.control_mi_bits - 0.05
+
+
+def test_position_control_fields_and_checks(two_views):
+    from ssl_mi_callback.estimators import position_features
+
+    features = position_features(torch.tensor([0, 9, 4]), torch.tensor([10, 10, 10]))
+    assert features.shape == (3, 19) and features.dtype == torch.float32
+    assert features[0, 0] == 0.0 and features[1, 0] == 1.0  # relative position
+    assert features[0, 1:9].tolist() == [1.0] * 8  # at the start: every "distance to the start <= b"
+    assert features[0, 10:18].tolist() == [0.0] * 5 + [1.0] * 3  # 9 frames from the end: <= 16, 32, 64
+    with pytest.raises(EstimatorInputError, match="below num_frames"):
+        position_features(torch.tensor([3]), torch.tensor([3]))
+
+    za, zb, groups, _, _ = two_views(8)
+    n = za.shape[0]
+    control = position_features(torch.arange(n) % 20, torch.full((n,), 20))
+    control[0, 0] = float("nan")
+    result = unsupervised_mi(za, zb, groups, clusters=8, bootstrap=50, control=control)
+    fields = json.loads(json.dumps(result.to_dict()))
+    assert set(fields) == UNSUPERVISED_FIELDS | {"mi_given_control_bits", "ci95_given_control_bits", "control_mi_bits"}
+    assert result.dropped_nonfinite == 1  # a NaN in the control drops its frame too
+    assert result.mi_given_control_bits == pytest.approx(result.mi_bits, abs=0.1)  # position says nothing here
+    with pytest.raises(EstimatorInputError, match="lengths differ"):
+        unsupervised_mi(za, zb, groups, clusters=8, control=control[:-1])

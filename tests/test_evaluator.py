@@ -73,7 +73,7 @@ def test_record_is_complete_deterministic_and_leaves_the_model_as_it_was(subset,
     assert first["metrics"] == second["metrics"]
     assert first["status"] == "ok" and set(first["layers"]) == {"1", "2"}
     metrics = first["metrics"]
-    assert metrics["mi_bits"] == metrics["mi_bits_l2"]  # selection "last"
+    assert metrics["mi_bits"] == metrics["mi_given_position_bits_l2"]  # selection "last", position control (defaults)
     for key in ("h_c_bits_l1", "ce_bits_l2", "mi_ci95_low_l2", "mi_ci95_high_l2", "rankme_l2", "rankme_t_l1"):
         assert np.isfinite(metrics[key]), key
     assert first["subset"]["fingerprint"] == subset.fingerprint()
@@ -84,10 +84,48 @@ def test_record_is_complete_deterministic_and_leaves_the_model_as_it_was(subset,
 def test_selection_mean_and_fixed_layer(subset, one_torch_thread):
     model = tiny_wav2vec2()
     mean_record = make_evaluator(subset, layers=(1, 2), selection="mean").evaluate(model)
-    per_layer = [mean_record["layers"][k]["mi_bits"] for k in ("1", "2")]
+    per_layer = [mean_record["layers"][k]["mi_given_position_bits"] for k in ("1", "2")]
     assert mean_record["metrics"]["mi_bits"] == pytest.approx(sum(per_layer) / 2, abs=1e-4)
     fixed = make_evaluator(subset, layers=(1, 2), selection="1").evaluate(model)
-    assert fixed["metrics"]["mi_bits"] == fixed["metrics"]["mi_bits_l1"]
+    assert fixed["metrics"]["mi_bits"] == fixed["metrics"]["mi_given_position_bits_l1"]
+    plain = make_evaluator(subset, layers=(1, 2), selection="1", position_control=False).evaluate(model)
+    assert plain["metrics"]["mi_bits"] == plain["metrics"]["mi_bits_l1"] == fixed["metrics"]["mi_bits_l1"]
+
+
+def test_position_control_adds_the_conditional_estimate_and_selects_by_it(subset, one_torch_thread):
+    model = tiny_wav2vec2()
+    plain = make_evaluator(subset, layers=(1, 2), selection="mean", position_control=False).evaluate(model)
+    record = make_evaluator(subset, layers=(1, 2), selection="mean").evaluate(model)  # position_control: the default
+    metrics = record["metrics"]
+    for layer in ("1", "2"):
+        assert metrics[f"mi_bits_l{layer}"] == plain["metrics"][f"mi_bits_l{layer}"]  # the plain bound is unchanged
+        fields = record["layers"][layer]
+        assert {"mi_given_position_bits", "ci95_given_position_bits", "mi_position_bits"} <= set(fields)
+        assert "mi_given_position_bits" not in plain["layers"][layer]
+        low, high = fields["ci95_given_position_bits"]
+        assert low <= fields["mi_given_position_bits"] <= high
+        assert metrics[f"mi_given_position_bits_l{layer}"] == pytest.approx(fields["mi_given_position_bits"], abs=1e-4)
+    per_layer = [record["layers"][k]["mi_given_position_bits"] for k in ("1", "2")]
+    assert metrics["mi_bits"] == pytest.approx(sum(per_layer) / 2, abs=1e-4)  # selection uses the controlled value
+    assert record["settings"]["position_control"] is True
+    json.dumps(record)
+
+
+def test_frame_positions_follow_the_pairs(subset, one_torch_thread):
+    """One (frame index, frame count) per frame pair, in the order of the pairs: the masked frames of each
+    utterance's fixed span mask."""
+    from ssl_mi_callback.views import span_mask
+
+    model = tiny_wav2vec2()
+    evaluator = make_evaluator(subset)
+    with torch.no_grad():
+        parts = evaluator._local_features(model, [2])
+    for batch, part in zip(evaluator.batches, parts):
+        num_frames = evaluator.adapter.num_frames(model, batch.num_samples)
+        expected = torch.cat([torch.nonzero(span_mask(num_frames, evaluator.config.mask_config(), u.uid))[:, 0]
+                              for u in batch.utterances])
+        assert torch.equal(part.frame_index, expected) and bool((part.num_frames == num_frames).all())
+        assert part.frame_index.shape[0] == part.groups.shape[0] == part.per_layer[2][0].shape[0]
 
 
 def test_masks_and_batches_do_not_depend_on_batch_size(subset, one_torch_thread):
@@ -103,7 +141,7 @@ def _distributed_worker(rank, world_size, heldout, out):
     from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
-    config = EvaluationConfig(clusters=8, bootstrap=50, mask_length=5, batch_seconds=4.0)
+    config = EvaluationConfig(clusters=8, bootstrap=50, mask_length=5, batch_seconds=4.0, position_control=True)
     evaluator = Evaluator(config, load_heldout(heldout), FairseqMaskedPredictionAdapter(), rank=rank, world_size=world_size)
     record = evaluator.evaluate(tiny_wav2vec2())
     with open(f"{out}.{rank}", "w") as handle:
@@ -120,10 +158,11 @@ def test_two_gloo_processes_give_the_one_process_value(tiny_corpus, subset, tmp_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = make_evaluator(subset, batch_seconds=4.0).evaluate(tiny_wav2vec2())
+        single = make_evaluator(subset, batch_seconds=4.0, position_control=True).evaluate(tiny_wav2vec2())
     finally:
         torch.set_num_threads(threads)
-    assert single["metrics"]["mi_bits"] == pytest.approx(rank0["mi_bits"], abs=1e-4)
+    for key in ("mi_bits", "mi_bits_l2", "mi_given_position_bits_l2", "mi_position_bits_l2"):  # positions gathered in order
+        assert single["metrics"][key] == pytest.approx(rank0[key], abs=1e-4), key
 
 
 def test_failed_evaluation_is_recorded_and_never_best(subset, tmp_path, one_torch_thread):
@@ -301,3 +340,28 @@ def test_out_of_memory_in_an_evaluation_is_recorded_and_costs_nothing(subset, tm
     assert [(r["step"], r["status"]) for r in lines] == [(10, "ok"), (20, "failed"), (30, "ok")]
     assert lines[1]["error"] == failed["error"]
     assert callback.selector.best["step"] == 10
+
+
+def test_scoring_reuses_the_evaluations_unmasked_forward_for_the_phone_probe(subset, tiny_corpus, one_torch_thread):
+    """`ssl-mi score --labels`: the supervised probe reads the unmasked features the evaluation computed
+    (no third forward) and gets exactly what a fresh forward gives."""
+    from ssl_mi_callback.labels import read_frame_labels
+    from ssl_mi_callback.scoring import supervised_by_layer
+
+    model = tiny_wav2vec2()
+    labels = read_frame_labels(tiny_corpus / "heldout.phn", tiny_corpus / "heldout.tsv")
+    evaluator = make_evaluator(subset, layers=(1, 2), bootstrap=0)
+    encoder_runs = []
+    handle = model.encoder.register_forward_hook(lambda *_: encoder_runs.append(1))
+    try:
+        kept = {}
+        evaluator.evaluate(model, unmasked_sink=lambda batch, features: kept.__setitem__(
+            batch.index, {layer: value.float().cpu() for layer, value in features.items()}))
+        assert len(encoder_runs) == 2 * len(evaluator.batches) and set(kept) == {b.index for b in evaluator.batches}
+        reused = supervised_by_layer(evaluator, model, labels, [1, 2], kept)
+        assert len(encoder_runs) == 2 * len(evaluator.batches)  # no forward beyond the two views
+        fresh = supervised_by_layer(evaluator, model, labels, [1, 2])
+        assert len(encoder_runs) == 3 * len(evaluator.batches)
+    finally:
+        handle.remove()
+    assert reused == fresh

@@ -14,9 +14,10 @@ Stages, each a subprocess of the repo's own tools (OMP_NUM_THREADS=1, one at a t
    the hook's own evaluation kept cheap and not used for selection, checkpoint_best.pt by validation
    loss) plus the series' overrides. The validation loss of every checkpoint is read from the log.
 3. scoring: ``ssl-mi score CKPT... --data corpus/heldout.tsv --labels corpus/heldout.phn --layers ...
-   --centering none --json`` per series, and the same without labels with ``--centering utterance``
-   (the estimator's defaults otherwise; ``utterance`` + last layer is the product default since this
-   benchmark, ``none`` was the default before); both MI settings come from the product itself.
+   --centering none --position-control false --json`` per series, and the same without labels with
+   ``--centering utterance --position-control true`` (the estimator's defaults otherwise; ``utterance`` + position
+   control + last layer is the product default since this benchmark, ``none`` was the default before round 1 and
+   the plain bound before round 2); every MI setting comes from the product itself.
 4. analysis: for every label-free metric (MI per layer and aggregates, RankMe, RankMe-t, k-means
    inertia, validation loss, the latest checkpoint) its Spearman and Kendall correlation with the
    phone-probe accuracy, pooled over all checkpoints and within each series, the checkpoint it picks
@@ -46,6 +47,7 @@ command does not use them).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import datetime
 import functools
 import hashlib
@@ -315,6 +317,9 @@ CENTERINGS = ("none", "utterance")  # every checkpoint is scored once per settin
 POSITION_CONTROL_ARGS = ["--position-control", "true"]
 """The label-free (centering utterance) runs also estimate I(Za; c | position): one run gives the plain
 centred bound (unchanged by the option) and the position-controlled candidates."""
+GROUND_TRUTH_ARGS = ["--position-control", "false"]
+"""The labelled (centering none) run needs only the plain bounds and the phone probe (round 2 ran it without the
+flag, when false was the default: the same numbers)."""
 
 
 def score_series(plan: dict, series: dict, trained: dict, out: Path, fresh: bool) -> dict:
@@ -335,7 +340,7 @@ def score_series_once(plan: dict, series: dict, trained: dict, out: Path, fresh:
     paths = [trained["checkpoints"][step] for step in sorted(trained["checkpoints"], key=int)]
     suffix = "" if centering == "none" else f"_{centering}"
     json_path = run_dir / f"score{suffix}.json"
-    labels = ["--labels", str(out / "corpus" / "heldout.phn")] if centering == "none" else POSITION_CONTROL_ARGS
+    labels = ["--labels", str(out / "corpus" / "heldout.phn"), *GROUND_TRUTH_ARGS] if centering == "none" else POSITION_CONTROL_ARGS
     command = [PYTHON, "-m", "ssl_mi_callback.cli", "score", *paths, "--data", str(out / "corpus" / "heldout.tsv"),
                *labels, "--layers", str(score["layers"]), "--centering", centering,
                "--max-seconds", str(score.get("max_seconds", 300)), *map(str, score.get("extra", [])), "--json", str(json_path)]
@@ -475,11 +480,12 @@ def run_robustness(plan: dict, trained: Dict[str, dict], out: Path, fresh: bool,
 
 def robustness_metrics(layers: Sequence[int], decision: dict) -> List[Metric]:
     """The centering-utterance candidates the robustness table reports: the chosen layer rule (its centering-
-    utterance form when the development rule chose centering none) and the product default (last layer)."""
+    utterance form when the development rule chose centering none), the product default (last layer) and the plain
+    centred bound at the last layer (for comparison)."""
     candidates = {metric.key: metric for metric in candidate_metrics(layers)}
     chosen = decision.get("chosen", "mi_c_last")
     chosen = chosen if chosen.startswith(("mi_c_", "mi_cp_")) else "mi_c_" + chosen[len("mi_"):]
-    return [candidates[key] for key in dict.fromkeys([chosen, "mi_c_last"]) if key in candidates]
+    return [candidates[key] for key in dict.fromkeys([chosen, PRODUCT_DEFAULT_METRIC, "mi_c_last"]) if key in candidates]
 
 
 def variant_rows(rows: Sequence[dict], values: Optional[dict]) -> List[dict]:
@@ -648,8 +654,9 @@ def best_layer_accuracy(layers: Sequence[int]) -> Callable[[dict], float]:
 
 LAYER_RULES = ("last", "layer 1", "mean", "normalised")   # in the order of the tie-break (simpler first)
 CENTERING_SUFFIX = {"none": "", "utterance": "_centered"}   # metric-name infix of each ssl-mi score --centering
-PRODUCT_CENTERING = "utterance"  # the product default (EvaluationConfig.centering; was "none" before this benchmark), last layer
-PRODUCT_DEFAULT_METRIC = "mi_c_last" if PRODUCT_CENTERING == "utterance" else "mi_last"  # its last-layer MI row
+PRODUCT_CENTERING = "utterance"  # the product default (EvaluationConfig.centering; was "none" before round 1), last layer
+PRODUCT_POSITION_CONTROL = True  # the product default (EvaluationConfig.position_control; false before round 2)
+PRODUCT_DEFAULT_METRIC = ("mi_cp_last" if PRODUCT_POSITION_CONTROL else "mi_c_last") if PRODUCT_CENTERING == "utterance" else "mi_last"
 
 
 def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
@@ -659,7 +666,8 @@ def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
     last = layers[-1]
     metrics = []
     position_rules = {
-        "last": Metric("mi_cp_last", f"MI given position l{last}, centering utterance", metric_value(f"mi_given_position_bits_centered_l{last}"), +1),
+        "last": Metric("mi_cp_last", f"MI given position l{last}, centering utterance" + (" = product default" if PRODUCT_DEFAULT_METRIC == "mi_cp_last" else ""),
+                       metric_value(f"mi_given_position_bits_centered_l{last}"), +1),
         "layer 1": Metric("mi_cp_l1", "MI given position l1, centering utterance", metric_value("mi_given_position_bits_centered_l1"), +1),
         "mean": Metric("mi_cp_mean", "MI given position mean over layers, centering utterance",
                        mean_of([f"mi_given_position_bits_centered_l{k}" for k in layers]), +1),
@@ -668,7 +676,7 @@ def candidate_metrics(layers: Sequence[int]) -> List[Metric]:
         prefix = "mi" if centering == "none" else "mi_c"
         tag = "centering none" if centering == "none" else "centering utterance"
         rules = {
-            "last": Metric(f"{prefix}_last", f"MI l{last}, {tag}" + (" = product default" if centering == PRODUCT_CENTERING else ""),
+            "last": Metric(f"{prefix}_last", f"MI l{last}, {tag}" + (" = product default" if f"{prefix}_last" == PRODUCT_DEFAULT_METRIC else ""),
                            metric_value(f"mi_bits{infix}_l{last}"), +1),
             "layer 1": Metric(f"{prefix}_l1", f"MI l1, {tag}", metric_value(f"mi_bits{infix}_l1"), +1),
             "mean": Metric(f"{prefix}_mean", f"MI mean over layers, {tag}", mean_of([f"mi_bits{infix}_l{k}" for k in layers]), +1),
@@ -1141,8 +1149,9 @@ def write_report(results: dict, path: Path) -> None:
         f"--splits {corpus['splits']}` ({results.get('corpus', {}).get('log_tail', '')})")
     add(f"- Scoring: `ssl-mi score CKPT... --data corpus/heldout.tsv --labels corpus/heldout.phn --layers {plan['score']['layers']}"
         f"{' ' + ' '.join(map(str, plan['score'].get('extra', []))) if plan['score'].get('extra') else ''} --centering none`, "
-        f"and again without labels with `--centering utterance` (each utterance's mean feature subtracted from both views "
-        f"before k-means and the MI probe; the product default since this benchmark) -- every other setting is the estimator's "
+        f"and again without labels with `--centering utterance --position-control true` (each utterance's mean feature subtracted "
+        f"from both views before k-means and the MI probe, and I(Za; c | position) estimated besides the plain bound; both the "
+        f"product defaults since this benchmark) -- every other setting is the estimator's "
         f"default ({results['score_settings_text']}); estimator code {results.get('estimator_code', 'not recorded')} "
         f"(package version + hash of ssl_mi_callback/estimators/*.py and evaluator.py, stored with every score).")
     add(f"- **Ground truth** (\"phone-probe accuracy\"): the score command's supervised linear probe, fitted on a random half "
@@ -1314,6 +1323,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--robustness", default="none", help="robustness variants to score (label-free, centering utterance), "
                         f"comma-separated groups of {','.join(ROBUSTNESS_GROUPS)}, 'all' or 'none' (default none)")
     parser.add_argument("--robustness-splits", default="test", help="series splits the robustness variants are scored on (default test)")
+    parser.add_argument("--series", default=None, help="comma-separated series names or fnmatch patterns (e.g. 't2_*'): run only "
+                        "these and report on them alone; to run parts in parallel, then a run without it reuses their outputs")
     parser.add_argument("--report-only", action="store_true", help="recompute the tables from the per-checkpoint rows of DIR/results.json and rewrite results.json + results.md (no training or scoring)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -1340,6 +1351,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     plan_path = args.config or CONFIGS / ("quick.yaml" if args.quick else "full.yaml")
     plan = load_plan(plan_path)
+    if args.series:
+        patterns = [p for p in args.series.split(",") if p]
+        plan["series"] = [s for s in plan["series"] if any(fnmatch.fnmatchcase(s["name"], p) for p in patterns)]
+        if not plan["series"]:
+            parser.error(f"--series {args.series}: no series of {plan_path.name} matches")
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join([".venv/bin/python -m benchmarks.selection", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
@@ -1421,7 +1437,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         write_report(results, directory / "results.md")
     log(f"done in {results['wall_seconds'] / 60:.1f} min: {args.results_dir / 'results.md'}")
     mi = summary["scopes"]["all"]["acc_last"][PRODUCT_DEFAULT_METRIC]
-    log(f"MI (product default: last layer, centering {PRODUCT_CENTERING}) vs probe accuracy: Spearman pooled {fmt(mi['pooled']['spearman'])}, "
+    log(f"MI (product default: last layer, centering {PRODUCT_CENTERING}, position control {PRODUCT_POSITION_CONTROL}) vs probe accuracy: Spearman pooled {fmt(mi['pooled']['spearman'])}, "
         f"regret pooled {fmt(mi['pooled']['regret_points'], 2)} points, worst within-series regret "
         f"{fmt(mi['within_max_regret_points'], 2)} points")
 

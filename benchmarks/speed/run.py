@@ -11,6 +11,8 @@ its times and load averages are listed). ``--method-budget`` caps each k-means m
 per grid point, so a slow method (scikit-learn's full Lloyd at K=500) is cut with a note instead of
 dropping the point. ``results_notes.md`` (a hand-written reading of the current run) and
 ``results_older.md`` (older runs) are included in ``results.md`` when present.
+The ``base_overhead`` section estimates the hook's overhead at the base recipes' defaults from two measured
+parts (one wav2vec 2.0 base training update on the recipe's per-GPU batch, one evaluation at its held-out size).
 
 Every ratio in a table comes from one run of this command on one machine; times are medians of
 ``--repeats`` runs. GPU rows are measured only where CUDA is available, otherwise marked pending.
@@ -765,6 +767,196 @@ def implied_bound_mb(recipe: Path) -> dict:
     return mb
 
 
+# ----------------------------------------------------------------------------------- 5. base recipes' overhead (estimated)
+BASE_RECIPES = ("wav2vec2_base_librispeech_mi", "hubert_base_librispeech_mi")
+
+
+def _busy_processes(limit: int = 6) -> List[str]:
+    """Other processes using CPU now (ps %CPU > 20, this process left out): who shares the cores."""
+    try:
+        text = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True, timeout=10).stdout
+    except Exception:  # ps missing: nothing to say
+        return []
+    busy = []
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3 or int(parts[0]) == os.getpid():
+            continue
+        if float(parts[1]) > 20.0:
+            busy.append(f"{float(parts[1]):.0f}% {parts[2][:110]}")
+    return busy[:limit]
+
+
+def _speech_batch(corpus: Path, utterances: int, samples: int) -> tuple[torch.Tensor, str]:
+    """``utterances`` x ``samples`` of the corpus' generated speech (train split, then the others),
+    concatenated and cut into equal utterances; tiled if the corpus is shorter; noise if it has none."""
+    from ssl_mi_callback.data import load_heldout
+
+    need = utterances * samples
+    pieces, got, used = [], 0, []
+    for split in ("train", "valid", "probe_train", "probe_test", "heldout"):
+        manifest = corpus / f"{split}.tsv"
+        if got >= need or not manifest.exists():
+            continue
+        subset = load_heldout(manifest, max_seconds=(need - got) / 16000 + 1.0)
+        for utterance in subset.utterances:
+            pieces.append(utterance.waveform.astype(np.float32))
+            got += utterance.num_samples
+        used.append(f"{split}.tsv ({len(subset.utterances)} utterances)")
+        if got >= need:
+            break
+    if got == 0:
+        rng = np.random.default_rng(0)
+        return torch.from_numpy(rng.standard_normal(need).astype(np.float32) * 0.1).view(utterances, samples), "Gaussian noise (no audio in the corpus)"
+    audio = np.concatenate(pieces)
+    source = f"generated speech of the benchmark corpus: {', '.join(used)}, concatenated and cut into {utterances} x {samples} samples"
+    if len(audio) < need:
+        audio = np.tile(audio, math.ceil(need / len(audio)))
+        source += f" (the corpus has {got / 16000:.1f} s: tiled)"
+    return torch.from_numpy(np.ascontiguousarray(audio[:need])).view(utterances, samples), source
+
+
+def _wav2vec2_update(model, optimizer, source: torch.Tensor, weights: Dict[str, float], clip_norm: float) -> tuple[float, List[str]]:
+    """One training update as fairseq's trainer runs it with the wav2vec criterion (infonce): returns
+    the loss per target (nats) and the names of the extra losses the model gave."""
+    import torch.nn.functional as F
+
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    net_output = model(source=source, padding_mask=None, mask=True)
+    logits = model.get_logits(net_output).float()
+    target = model.get_targets(None, net_output)
+    loss = F.cross_entropy(logits, target, reduction="sum")
+    sample_size = target.numel()
+    # get_extra_losses lists the codebook-diversity penalty (prob_perplexity, only with quantize_targets)
+    # and then features_pen; the recipe's loss_weights [w_prob_perplexity, w_features_pen] pair with them by name
+    names = [name for name in ("prob_perplexity", "features_pen") if name in net_output]
+    for name, penalty in zip(names, model.get_extra_losses(net_output)):
+        coef = weights.get(name, 0.0)
+        if coef != 0 and penalty is not None:
+            loss = loss + coef * penalty.float() * sample_size
+    loss.backward()
+    for p in model.parameters():  # fairseq's trainer: gradients / sample_size (optimizer.multiply_grads)
+        if p.grad is not None:
+            p.grad.mul_(1.0 / sample_size)
+    if clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return float(loss.detach()) / sample_size, names
+
+
+def bench_base_overhead(corpus: Path, work: Path, repeats: int, quick: bool, utterances: Optional[int] = None) -> dict:
+    """Hook overhead at the base recipes' defaults, estimated from two measured parts (CPU):
+    one training update of wav2vec 2.0 base on the recipe's per-GPU batch, and one evaluation at the
+    recipe's held-out size; overhead = evaluation / (validate_interval_updates x update)."""
+    import ast
+    import resource
+
+    import yaml
+
+    started_load, busy_start = list(os.getloadavg()), _busy_processes()
+    recipes = {name: yaml.safe_load((ROOT / "recipes/fairseq" / f"{name}.yaml").read_text()) for name in BASE_RECIPES}
+    main_cfg = recipes[BASE_RECIPES[0]]
+    max_tokens = int(main_cfg["dataset"]["max_tokens"])
+    max_sample = int(main_cfg["task"]["max_sample_size"])
+    recipe_utterances = max_tokens // max_sample
+    if quick:
+        n_utt, n_samples = 1, int(main_cfg["task"].get("min_sample_size", 32000))
+        batch_note = (f"--quick: a much smaller batch, 1 x {n_samples} samples instead of the recipe's "
+                      f"{recipe_utterances} x {max_sample}; its time is scaled by audio to the recipe batch (smoke run only, not representative)")
+    else:
+        n_utt = min(recipe_utterances, utterances) if utterances else recipe_utterances
+        n_samples = max_sample
+        batch_note = (f"the recipe's per-GPU batch: floor(max_tokens / max_sample_size) = floor({max_tokens} / {max_sample}) = "
+                      f"{recipe_utterances} utterances x {max_sample} samples")
+        if n_utt < recipe_utterances:
+            batch_note += f"; measured on {n_utt} of them (--base-utterances) and scaled by utterance count"
+    source, source_note = _speech_batch(corpus, n_utt, n_samples)
+
+    # ---- (2) one evaluation at the recipe's held-out size (run first: it needs less memory)
+    mi_seconds = float(main_cfg["task"]["mi_max_seconds"])
+    eval_seconds_asked = 20.0 if quick else mi_seconds
+    evaluation = bench_evaluation(corpus / "heldout.tsv", "base", max_seconds=eval_seconds_asked, repeats=1)
+    eval_measured = evaluation["seconds"]["total"] + evaluation["seconds"]["load_heldout"]
+    eval_audio = float(evaluation["audio_seconds"])
+
+    # ---- (1) one training update
+    model = build_wav2vec2("base")
+    params = sum(p.numel() for p in model.parameters())
+    opt_cfg = main_cfg["optimizer"]
+    betas = ast.literal_eval(str(opt_cfg.get("adam_betas", "(0.9, 0.999)")))
+    lr = float(main_cfg["optimization"]["lr"][0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), eps=float(opt_cfg.get("adam_eps", 1e-8)),
+                                  weight_decay=float(opt_cfg.get("weight_decay", 0.0)))
+    loss_weights = list(main_cfg["criterion"].get("loss_weights") or [])
+    weights = dict(zip(("prob_perplexity", "features_pen"), loss_weights)) if len(loss_weights) == 2 else {}
+    clip_norm = float(main_cfg["optimization"].get("clip_norm", 0.0) or 0.0)
+    warm = source[:1, : min(n_samples, 32000)].clone()
+    t0 = time.perf_counter()
+    _, extra_names = _wav2vec2_update(model, optimizer, warm, weights, clip_norm)  # warm-up: allocator, Adam state, thread pools
+    warmup_s = time.perf_counter() - t0
+    times, losses = [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        losses.append(_wav2vec2_update(model, optimizer, source, weights, clip_norm)[0])
+        times.append(time.perf_counter() - t0)
+        print(f"[base_overhead] update {i + 1}/{repeats}: {times[-1]:.1f} s on {n_utt} x {n_samples} samples, loss {losses[-1]:.3f}", flush=True)
+    update_measured = statistics.median(times)
+    unused = [f"{name} (weight {weights[name]})" for name in weights if name not in extra_names]
+
+    # ---- what the hook writes on a new best: the model's weights (torch.save of the state dict)
+    export_s = None
+    with tempfile.TemporaryDirectory(dir=work if work.exists() else None) as tmp:
+        t0 = time.perf_counter()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(tmp) / "export.pt")
+        export_s = time.perf_counter() - t0
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del model, optimizer
+
+    rows = []
+    for name, cfg in recipes.items():
+        r_tokens, r_sample = int(cfg["dataset"]["max_tokens"]), int(cfg["task"]["max_sample_size"])
+        r_utt = r_tokens // r_sample
+        interval = int(cfg["dataset"].get("validate_interval_updates") or 0)
+        r_mi = float(cfg["task"]["mi_max_seconds"])
+        update_scale = (r_utt * r_sample) / (n_utt * n_samples)
+        update_s = update_measured * update_scale
+        eval_scale = r_mi / eval_audio if eval_audio < r_mi - 0.5 else 1.0
+        eval_s = eval_measured * eval_scale
+        overhead = 100.0 * eval_s / (interval * update_s) if interval else None
+        with_export = 100.0 * (eval_s + export_s) / (interval * update_s) if interval else None
+        rows.append({"recipe": name, "model_trained": cfg["model"]["_name"], "validate_interval_updates": interval,
+                     "max_tokens": r_tokens, "max_sample_size": r_sample, "utterances": r_utt,
+                     "batch_audio_seconds": r_utt * r_sample / 16000, "mi_max_seconds": r_mi,
+                     "update_s": update_s, "update_scale": update_scale, "eval_s": eval_s, "eval_scale": eval_scale,
+                     "overhead_percent": overhead, "overhead_percent_with_export": with_export,
+                     "met": overhead is not None and overhead <= 2.0,
+                     "criterion": cfg["criterion"]["_name"], "world_size": cfg.get("distributed_training", {}).get("distributed_world_size"), "clip_norm": float(cfg["optimization"].get("clip_norm", 0.0) or 0.0)})
+        print(f"[base_overhead] {name}: update {update_s:.1f} s x {interval}, evaluation {eval_s:.1f} s -> "
+              f"{fmt(overhead, 4)}% (with export {fmt(with_export, 4)}%)", flush=True)
+    return {
+        "quick": quick,
+        "model": f"wav2vec2 base (Wav2Vec2Config defaults, {params / 1e6:.2f} M params, random init)",
+        "batch_note": batch_note, "audio_source": source_note,
+        "measured_batch": {"utterances": n_utt, "samples": n_samples, "audio_seconds": n_utt * n_samples / 16000},
+        "update_seconds": times, "update_s": update_measured, "update_repeats": repeats, "warmup_s": warmup_s,
+        "warmup_note": f"one warm-up update on 1 x {warm.shape[1]} samples first (not timed in the median)",
+        "loss_per_target_nats": losses,
+        "optimizer": f"torch AdamW (decoupled weight decay, as fairseq's adam), lr {lr}, betas {tuple(betas)}, eps {opt_cfg.get('adam_eps')}, "
+                     f"weight_decay {opt_cfg.get('weight_decay')}; gradients / sample_size first"
+                     + (f"; clip_norm {clip_norm}" if clip_norm > 0 else "; no clipping (the wav2vec 2.0 recipe has none)"),
+        "criterion": "wav2vec criterion (infonce): cross_entropy(get_logits, target 0, sum)"
+                     + "".join(f" + {weights.get(n, 0.0)} x {n} x sample_size" for n in extra_names)
+                     + (f"; not in this model's output (no quantizer in the default config): {', '.join(unused)}" if unused else ""),
+        "evaluation": evaluation, "eval_measured_s": eval_measured, "eval_audio_seconds": eval_audio,
+        "eval_max_seconds_asked": eval_seconds_asked,
+        "export_s": export_s, "peak_rss_mb": peak_rss_mb,
+        "recipes": rows,
+        "loadavg_start": started_load, "loadavg_end": list(os.getloadavg()),
+        "busy_processes_start": busy_start, "busy_processes_end": _busy_processes(),
+    }
+
+
 # ----------------------------------------------------------------------------------- report
 def fmt(value, digits=2):
     if value is None:
@@ -772,6 +964,10 @@ def fmt(value, digits=2):
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3g}%"
 
 
 def _ratio_verdict(other: Optional[float], ours: Optional[float], need: float, other_name: str,
@@ -816,7 +1012,7 @@ def _parts(results: dict) -> List[dict]:
         return results["parts"]
     return [{"command": results["command"], "finished": results["finished"], "elapsed_s": results["elapsed_s"],
              "loadavg_start": results["machine"]["loadavg_start"], "loadavg_end": results["loadavg_end"],
-             "sections": "all"}]
+             "sections": "all", "busy_processes_start": (results.get("base_overhead") or {}).get("busy_processes_start")}]
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -824,13 +1020,15 @@ def write_report(results: dict, out: Path) -> None:
     loads = lambda values: ", ".join(f"{v:.2f}" for v in values)
     lines = ["# Speed benchmark (issue 4)", "",
              f"## Current run ({_parts(results)[0]['finished'][:10]})", "",
-             "Commands (run one after the other, never two benchmark processes at once; `OMP_NUM_THREADS=1`, torch/sklearn/faiss on 1 thread):", ""]
+             "Commands (run one after the other, never two of them at once; `OMP_NUM_THREADS=1`, torch/sklearn/faiss on 1 thread):", ""]
     for part in _parts(results):
         started = part.get("started") or (datetime.datetime.strptime(part["finished"], "%Y-%m-%d %H:%M")
                                            - datetime.timedelta(seconds=part["elapsed_s"])).strftime("%Y-%m-%d %H:%M")
         lines.append(f"- `OMP_NUM_THREADS=1 {part['command']}` ({part['sections']}): {started} to {part['finished']} UTC, "
                      f"{part['elapsed_s']:.0f} s; load average (1/5/15 min) at start {loads(part['loadavg_start'])}, "
-                     f"at end {loads(part['loadavg_end'])}")
+                     f"at end {loads(part['loadavg_end'])}"
+                     + (f"; {len(part['busy_processes_start'])} other CPU-bound processes running at its start (named in section 3b)"
+                        if part.get("busy_processes_start") else ""))
     lines += ["", f"Report: `{results.get('report_command', '.venv/bin/python -m benchmarks.speed --report-only')}`.", "",
               f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), torch {m['torch']}, "
               f"scikit-learn {m['sklearn']}, faiss {m['faiss'] or 'not installed'}, fairseq {m['fairseq']}, Python {m['python']}; "
@@ -873,6 +1071,15 @@ def write_report(results: dict, out: Path) -> None:
         lines.append(f"| hook adds <= 2% to training wall time at the recipe defaults | tiny_wav2vec2, CPU | "
                      f"{'met' if h['overhead_percent_eval_of_stock_train'] <= 2 else 'missed'} "
                      f"({h['overhead_percent_eval_of_stock_train']:.1f}% by the hook's own evaluation time) |")
+    bo = results.get("base_overhead")
+    if bo and not bo.get("skipped"):
+        for row in bo.get("recipes", []):
+            if row.get("overhead_percent") is None:
+                continue
+            lines.append(f"| hook adds <= 2% to training wall time at the recipe defaults, base recipes (estimated from measured parts) | "
+                         f"{row['recipe']}, CPU{' (--quick: smoke run)' if bo.get('quick') else ''} | "
+                         f"{'met' if row['met'] else 'missed'} ({row['overhead_percent']:.3g}%: one evaluation per "
+                         f"{row['validate_interval_updates']} updates; see section 3b) |")
     lines.append("")
     notes = HERE / "results_notes.md"  # hand-written reading of the current run (kept by --report-only)
     if notes.exists() and out.resolve() == HERE:
@@ -978,6 +1185,81 @@ def write_report(results: dict, out: Path) -> None:
         else:
             lines += [f"skipped: {h.get('skipped')}", ""]
 
+    # ---- hook overhead at the base recipes' defaults (estimated)
+    bo = results.get("base_overhead")
+    if bo:
+        lines += ["### 3b. Hook overhead at the base recipes' defaults, estimated from measured parts, CPU", ""]
+        if bo.get("skipped"):
+            lines += [f"skipped: {bo['skipped']}", ""]
+        else:
+            ev, mb = bo["evaluation"], bo["measured_batch"]
+            lines += [
+                "Not a training run (a base model does not train on 2 CPU cores): two parts measured in one process, and their ratio "
+                "overhead = one evaluation / (validate_interval_updates x one update).", "",
+                f"- **Update**: {bo['model']}, built by `build_wav2vec2('base')` as in section 2; train mode, the model's own masking "
+                f"(`model(source=..., padding_mask=None, mask=True)`), {bo['criterion']}; backward; {bo['optimizer']}. "
+                f"Batch: {bo['batch_note']} ({mb['audio_seconds']:.1f} s measured); audio: {bo['audio_source']}. "
+                f"{bo['warmup_note'][0].upper() + bo['warmup_note'][1:]} ({bo['warmup_s']:.1f} s); then "
+                f"{bo['update_repeats']} timed update(s): " + ", ".join(f"{t:.1f}" for t in bo["update_seconds"])
+                + f" s, median **{bo['update_s']:.1f} s**.",
+                f"- **Evaluation**: `bench_evaluation` of section 2 (Evaluator.evaluate + load_heldout, base settings) on the corpus' "
+                f"held-out split, asked for {bo['eval_max_seconds_asked']:.0f} s: it has {bo['eval_audio_seconds']:.1f} s "
+                f"({ev['utterances']} utterances), measured {bo['eval_measured_s']:.1f} s (forward {ev['seconds']['forward']:.1f} s, "
+                f"estimators {ev['seconds']['estimators']:.2f} s, baselines {ev['seconds']['baselines']:.2f} s, load "
+                f"{ev['seconds']['load_heldout']:.2f} s). Scaled linearly by audio seconds to the recipe's task.mi_max_seconds "
+                f"(evaluation time is linear in audio: the forward is {100 * ev['seconds']['forward'] / ev['seconds']['total']:.0f}% of it here; section 2).",
+                f"- **Export** (what the hook also writes when an evaluation is a new best): torch.save of the model's state dict, "
+                f"{bo['export_s']:.1f} s; the last column adds it to every evaluation (upper bound).",
+                f"- Peak RSS of the process: {bo['peak_rss_mb']:.0f} MB. Load average (1/5/15 min) at the start of this section "
+                f"{', '.join(f'{v:.2f}' for v in bo['loadavg_start'])}, at its end {', '.join(f'{v:.2f}' for v in bo['loadavg_end'])}; "
+                "other processes busy at its start: " + ("; ".join(f"`{p}`" for p in bo.get("busy_processes_start", [])) or "none")
+                + ", at its end: " + ("; ".join(f"`{p}`" for p in bo.get("busy_processes_end", [])) or "none") + ".", "",
+                "| recipe (model it trains) | validate_interval_updates | per-GPU batch (utterances x samples = s) | update (s) | "
+                "evaluation at mi_max_seconds (s) | evaluation / update | scaling | hook overhead | with an export at every evaluation | target <= 2% |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+            for row in bo["recipes"]:
+                scaling = []
+                if abs(row["eval_scale"] - 1.0) > 1e-9:
+                    scaling.append(f"evaluation x {row['eval_scale']:.3f} ({bo['eval_measured_s']:.1f} s on {bo['eval_audio_seconds']:.1f} s "
+                                   f"-> {row['mi_max_seconds']:.0f} s of audio)")
+                if abs(row["update_scale"] - 1.0) > 1e-9:
+                    scaling.append(f"update x {row['update_scale']:.3f} (measured on {mb['utterances']} x {mb['samples']} samples)")
+                lines.append(
+                    f"| {row['recipe']} ({row['model_trained']}, criterion {row['criterion']}) | {row['validate_interval_updates']} | "
+                    f"{row['utterances']} x {row['max_sample_size']} = {row['batch_audio_seconds']:.1f} | {row['update_s']:.1f} | "
+                    f"{row['eval_s']:.1f} | {row['eval_s'] / row['update_s']:.2f} | {'; '.join(scaling) or 'none'} | "
+                    f"**{_pct(row.get('overhead_percent'))}** | {_pct(row.get('overhead_percent_with_export'))} | {'met' if row.get('met') else 'missed'} |")
+            forward_per_s = ev["seconds"]["forward"] / (2.0 * ev["audio_seconds"])  # one view, per second of audio
+            first = bo["recipes"][0] if bo["recipes"] else None
+            if first and first.get("validate_interval_updates") and forward_per_s > 0:
+                break_even = 0.02 * first["validate_interval_updates"]
+                forwards = first["update_s"] / (forward_per_s * first["batch_audio_seconds"])
+                lines += ["", f"Margin: at {first['validate_interval_updates']} updates per evaluation, the 2% target is missed only if one "
+                          f"evaluation costs more than {break_even:.0f} updates; measured {first['eval_s'] / first['update_s']:.2f}, "
+                          f"{break_even / (first['eval_s'] / first['update_s']):.0f}x below. On this CPU one update costs {forwards:.1f} "
+                          "single-view evaluation forwards of its batch's audio (from the two measurements: update seconds / "
+                          "(forward seconds per view and audio second x batch audio)); where an update costs fewer forwards (a GPU with "
+                          "fast backward kernels), evaluation / update is larger by the same factor."]
+            lines += [
+                "",
+                "Caveats:",
+                "",
+                "- Both parts are CPU timings (1 thread, shared cores: the absolute seconds are inflated by the machine's load and far from a "
+                "GPU's). The ratio, not the absolute, is what carries over to GPUs, roughly: both are dominated by the same model's "
+                "forward (evaluation: two forward passes without gradients) and forward/backward (update). fp16 (the recipes' "
+                "common.fp16) and GPU kernels may change the two sides unequally.",
+                "- Single-process evaluation: in DDP each rank forwards only its round-robin share of the held-out utterances "
+                "(" + ", ".join(f"{r['recipe']}: {r.get('world_size')} GPUs" for r in bo["recipes"]) + "), so the forward part here is an "
+                "overestimate, by up to the world size.",
+                "- The update is one process's forward/backward/Adam step only: no data loading, no gradient all-reduce, no fp16 loss "
+                "scaling, no logging or checkpoint saving; real updates are longer, which makes the overhead smaller.",
+                "- The model is `Wav2Vec2Config()` defaults (as in section 2), not the recipe's `model:` block (quantize_targets, "
+                "final_dim 256, layerdrop 0.05, feature_grad_mult 0.1, input/feature dropout 0.1): no quantizer (so no codebook "
+                "penalty), 12 layers always. The HuBERT row reuses the wav2vec 2.0 update and evaluation: HuBERT base has the same "
+                "conv feature encoder and 12-layer transformer, with a cheaper loss (no negatives, no quantizer).",
+                "- The update is a median of few repeats; the evaluation is one run.",
+                ""]
+
     # ---- k-means
     if results.get("kmeans"):
         lines += ["### 4. k-means: time to reach the same inertia, CPU", "",
@@ -1040,6 +1322,14 @@ def write_report(results: dict, out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
+def _supersede(merged: dict, section: str) -> None:
+    """Mark ``section`` in the earlier runs' section lists as replaced by the run being merged now."""
+    later = len(merged["parts"]) + 1
+    for part in merged["parts"]:
+        names = [name.strip() for name in part["sections"].split(",")]
+        part["sections"] = ", ".join(f"{name} (superseded by run {later})" if name == section else name for name in names)
+
+
 def merge_results(paths: List[Path]) -> dict:
     """One report from several partial runs of this command (each with --skip): sections taken from the
     run that measured them, every run's command, times and load averages kept."""
@@ -1060,17 +1350,24 @@ def merge_results(paths: List[Path]) -> dict:
                 merged["kmeans_profile"] = dict(run["kmeans_profile"], run=len(merged["parts"]) + 1)
         for key in ("probes", "evaluation"):
             if run.get(key):
+                _supersede(merged, key)
                 merged[key] = run[key]
                 sections.append(key)
         for key in ("kmeans_gpu", "evaluation_gpu"):
             if run.get(key) is not None:
                 merged[key] = run[key]
         if run.get("hook"):
+            _supersede(merged, "hook")
             merged["hook"] = run["hook"]
             sections.append("hook")
+        if run.get("base_overhead"):
+            merged["base_overhead"] = run["base_overhead"]
+            sections.append("base_overhead")
         merged["parts"].append({"command": run["command"], "started": run.get("started"), "finished": run["finished"],
                                 "elapsed_s": run["elapsed_s"], "loadavg_start": run["machine"]["loadavg_start"],
-                                "loadavg_end": run["loadavg_end"], "sections": ", ".join(sections)})
+                                "loadavg_end": run["loadavg_end"], "sections": ", ".join(sections),
+                                **({"busy_processes_start": run["base_overhead"].get("busy_processes_start", [])}
+                                   if run.get("base_overhead") and not run["base_overhead"].get("skipped") else {})})
     return merged
 
 
@@ -1095,7 +1392,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md from an existing results.json")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="with --report-only: build results.json/results.md under --out from these partial runs' results.json")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: kmeans,probes,evaluation,hook")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: kmeans,probes,evaluation,hook,base_overhead")
+    parser.add_argument("--base-utterances", type=int, default=None,
+                        help="base_overhead: time the update on this many of the recipe batch's utterances and scale by count (if the full batch does not fit in memory)")
     args = parser.parse_args(argv)
     if args.report_only:
         out = args.out or HERE
@@ -1169,7 +1468,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     work = args.work
     corpus = work / "corpus"
-    if not ("evaluation" in skip and "hook" in skip) and not (corpus / "heldout.tsv").exists():
+    if not {"evaluation", "hook", "base_overhead"} <= skip and not (corpus / "heldout.tsv").exists():
         subprocess.run([sys.executable, "-m", "ssl_mi_callback.corpus", "--out", str(corpus), "--minutes", "12", "--seed", "0",
                         "--splits", "train=0.65,valid=0.05,heldout=0.2,probe_train=0.05,probe_test=0.05"], check=True, cwd=ROOT)
     results["evaluation"] = []
@@ -1187,6 +1486,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             results["hook"] = bench_hook(corpus, work, 1 if args.quick else max(1, repeats - 1), 50 if args.quick else None)
         except Exception as error:
             results["hook"] = {"skipped": f"{type(error).__name__}: {error}"}
+    if "base_overhead" not in skip:
+        try:
+            results["base_overhead"] = bench_base_overhead(corpus, work, repeats if args.repeats else (1 if args.quick else 2),
+                                                           args.quick, args.base_utterances)
+        except Exception as error:  # report, do not lose the other sections
+            results["base_overhead"] = {"skipped": f"{type(error).__name__}: {error}"}
     results["loadavg_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.perf_counter() - started
     results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
