@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,48 @@ def test_several_eval_datasets_share_one_evaluation_per_step(tiny_corpus, tmp_pa
     entries = [e for e in trainer.state.log_history if e.get("step") == EVERY and any(k.endswith("_mi_bits") for k in e)]
     assert [e.get("eval_clean_mi_bits", e.get("eval_again_mi_bits")) for e in entries] == [history[0]["metrics"]["mi_bits"]] * 2
     assert trainer.state.best_global_step == EVERY and trainer.state.best_metric == history[0]["metrics"]["mi_bits"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_logs_the_one_process_value_and_writes_one_history(tiny_corpus, tmp_path):
+    """Real DDP (torch.distributed.run, 2 CPU processes, gloo): each rank evaluates its share of the held-out
+    batches, both report the same eval_mi_bits, equal to one process scoring the final weights; only rank 0
+    writes the history."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    _require_trainer()
+    from transformers import Wav2Vec2ForPreTraining
+
+    from ssl_mi_callback.data import load_heldout
+    from ssl_mi_callback.evaluator import Evaluator
+    from ssl_mi_callback.features.huggingface import HuggingFaceAdapter
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    child = Path(__file__).resolve().parent / "huggingface_ddp_child.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(child), str(tiny_corpus), str(tmp_path)]
+    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["logged"] == ranks[1]["logged"] and sorted(ranks[0]["logged"]) == ["10", "5"]
+    history = [json.loads(line) for line in (tmp_path / "mi_history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [5, 10] and all(r["status"] == "ok" for r in history)  # one writer
+    assert history[-1]["metrics"]["mi_bits"] == pytest.approx(ranks[0]["logged"]["10"]["eval_mi_bits"], abs=1e-6)
+
+    model = Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "final").eval()
+    config = mi_callback(tiny_corpus).evaluation
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = Evaluator(config, load_heldout(tiny_corpus / "heldout.tsv"), HuggingFaceAdapter()).evaluate(model)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2"):
+        assert single["metrics"][key] == pytest.approx(ranks[0]["logged"]["10"][f"eval_{key}"], abs=1e-4), key

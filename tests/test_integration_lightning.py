@@ -126,19 +126,22 @@ def history_best(records: list[dict]) -> dict:
     return max(scored, key=lambda r: r["metrics"]["mi_bits"])
 
 
-@pytest.fixture(scope="module")
-def subset(tiny_corpus):
+def heldout_paths(corpus: Path) -> list[Path]:
     """Every utterance the model does not train on (heldout, probe_train, probe_test; about 45 s): with
     less, the tiny model's bound is mostly 0 and ties would decide the checkpoint tests."""
+    return [
+        corpus / line.split("\t")[0]
+        for split in ("heldout", "probe_train", "probe_test")
+        for line in (corpus / f"{split}.tsv").read_text().splitlines()[1:]
+    ]
+
+
+@pytest.fixture(scope="module")
+def subset(tiny_corpus):
     require("lightning", "torchaudio")
     from ssl_mi_callback.data import load_heldout
 
-    paths = [
-        tiny_corpus / line.split("\t")[0]
-        for split in ("heldout", "probe_train", "probe_test")
-        for line in (tiny_corpus / f"{split}.tsv").read_text().splitlines()[1:]
-    ]
-    return load_heldout(paths)
+    return load_heldout(heldout_paths(tiny_corpus))
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +426,35 @@ def test_misconfiguration_stops_before_training(tiny_corpus, subset, tmp_path, o
         make_trainer(tmp_path, 5, [make_mi_callback(subset, "d.jsonl"), worst]).fit(module)
     assert module.global_step == 0
     assert not any(tmp_path.glob("*.jsonl"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_logs_the_one_process_value_and_writes_one_history(tiny_corpus, subset, tmp_path):
+    """Real DDP (Lightning strategy="ddp", 2 CPU processes, gloo): each rank evaluates its share of the held-out
+    batches, both log the same mi_bits, equal to one process scoring the final weights; only rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    child = Path(__file__).resolve().parent / "lightning_ddp_child.py"
+    done = subprocess.run([sys.executable, str(child), str(tiny_corpus), str(tmp_path)], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["logged"] == ranks[1]["logged"] and ranks[0]["best_step"] == ranks[1]["best_step"]
+    records = read_history(tmp_path / "mi_history.jsonl")
+    assert [r["step"] for r in records] == [5, 10] and all(r["status"] == "ok" for r in records)  # one writer
+    assert records[-1]["metrics"]["mi_bits"] == pytest.approx(ranks[0]["logged"]["mi_bits"], abs=1e-6)
+
+    module = make_module(tiny_corpus)
+    state = torch.load(tmp_path / "final.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = make_mi_callback(subset).evaluator.evaluate(module.model)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2"):
+        assert single["metrics"][key] == pytest.approx(ranks[0]["logged"][key], abs=1e-4), key

@@ -51,6 +51,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from .. import legacy_hydra
 from ..callback import MICallback
 from ..evaluator import Evaluator
 from ..features import resolve_layers
@@ -116,6 +117,7 @@ class MILightningCallback(Callback):
         strict: bool = False,
     ) -> None:
         super().__init__()
+        legacy_hydra.apply_if_installed()  # Lightning's DDP launcher imports hydra; fairseq's 1.0.x pin needs it
         if not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
             raise ValueError(f"every_n_train_steps must be an integer >= 0, got {every_n_train_steps!r}")
         if not evaluate_on_validation and every_n_train_steps == 0:

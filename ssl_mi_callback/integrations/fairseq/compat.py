@@ -3,12 +3,9 @@
 Nothing installed is edited; :func:`apply` patches the running interpreter and must run before the
 first ``import fairseq`` / ``import hydra``. Each patch is narrow and idempotent:
 
-* Python >= 3.11 rejects a dataclass instance as a field default unless its class is hashable
-  ("mutable default ... for field common is not allowed"). fairseq's and hydra's config dataclasses
-  use such defaults, so dataclasses *created in fairseq/hydra modules* (and ours, which extend them)
-  get an identity ``__hash__``. (Switching them to ``default_factory`` breaks fairseq's hydra_init.)
-* Python >= 3.12 removed ``importlib.machinery.FileFinder.find_module``, which hydra 1.0.7's plugin
-  scan calls; it is restored as a thin wrapper over ``find_spec``.
+* hydra 1.0.7 on Python >= 3.11 / 3.12 (dataclass defaults, ``FileFinder.find_module``):
+  :mod:`ssl_mi_callback.legacy_hydra`, shared with the Lightning integration (Lightning's DDP launcher
+  imports hydra too). (Switching fairseq's defaults to ``default_factory`` breaks fairseq's hydra_init.)
 * numpy >= 1.24 removed the ``np.float``/``np.int`` aliases that fairseq's masking code uses.
 * hydra 1.0.7 reports a failed job with ``traceback.print_exception(etype=...)``, a keyword Python
   >= 3.10 removed, so the real error is hidden behind a TypeError; hydra's own reference is replaced
@@ -21,40 +18,11 @@ first ``import fairseq`` / ``import hydra``. Each patch is narrow and idempotent
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib.machinery
 import sys
 
-_PATCHED_MODULE_ROOTS = ("fairseq", "fairseq_cli", "hydra", "ssl_mi_callback")
+from ... import legacy_hydra
+
 _applied = False
-
-
-def _hashable_dataclasses() -> None:
-    original = dataclasses._process_class
-    if getattr(original, "_ssl_mi_patched", False):
-        return
-
-    def process_class(cls, *args, **kwargs):
-        result = original(cls, *args, **kwargs)
-        root = (getattr(result, "__module__", "") or "").split(".")[0]
-        if root in _PATCHED_MODULE_ROOTS and result.__hash__ is None:
-            result.__hash__ = object.__hash__
-        return result
-
-    process_class._ssl_mi_patched = True  # type: ignore[attr-defined]
-    dataclasses._process_class = process_class
-
-
-def _restore_find_module() -> None:
-    finder = importlib.machinery.FileFinder
-    if hasattr(finder, "find_module"):
-        return
-
-    def find_module(self, fullname, path=None):  # the pre-3.12 API, as hydra 1.0.7 calls it
-        spec = self.find_spec(fullname)
-        return None if spec is None else spec.loader
-
-    finder.find_module = find_module  # type: ignore[attr-defined]
 
 
 def _numpy_aliases() -> None:
@@ -110,10 +78,7 @@ def apply() -> None:
     global _applied
     if _applied:
         return
-    if sys.version_info >= (3, 11):
-        _hashable_dataclasses()
-    if sys.version_info >= (3, 12):
-        _restore_find_module()
+    legacy_hydra.apply()
     _numpy_aliases()
     if sys.version_info >= (3, 10):
         _hydra_error_reporting()
