@@ -342,9 +342,11 @@ class Evaluator:
         return gathered
 
     @staticmethod
-    def _assemble(gathered: list) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+    def _assemble(
+        gathered: list, with_positions: bool
+    ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, Optional[torch.Tensor]]:
         """Every rank's batches in global batch order: ({layer: (Za, Zb)}, utterance index per frame pair,
-        position features per frame pair)."""
+        position features per frame pair, or None without ``with_positions``)."""
         items: list[BatchPairs] = [item for rank_items in gathered for item in rank_items]
         if not items:
             raise EvaluationError("the held-out subset produced no batches")
@@ -353,9 +355,11 @@ class Evaluator:
             layer: (torch.cat([i.per_layer[layer][0] for i in items]), torch.cat([i.per_layer[layer][1] for i in items]))
             for layer in items[0].per_layer
         }
-        positions = estimators.position_features(
-            torch.cat([i.frame_index for i in items]), torch.cat([i.num_frames for i in items])
-        )
+        positions = None
+        if with_positions:
+            positions = estimators.position_features(
+                torch.cat([i.frame_index for i in items]), torch.cat([i.num_frames for i in items])
+            )
         return features, torch.cat([i.groups for i in items]), positions
 
     def evaluate(self, model: torch.nn.Module, unmasked_sink: Optional[UnmaskedSink] = None) -> dict:
@@ -428,7 +432,7 @@ class Evaluator:
 
     def _estimate(self, gathered: list, device: torch.device, num_layers: int) -> _Estimate:
         """Per layer: (centering,) k-means on Zb, probe on Za, the bound and its interval, baselines."""
-        features, groups, positions = self._assemble(gathered)
+        features, groups, positions = self._assemble(gathered, self.config.position_control)
         per_layer: dict[int, dict] = {}
         metrics: dict[str, float] = {}
         baseline_seconds = 0.0
@@ -441,7 +445,7 @@ class Evaluator:
                 mi_za, mi_zb, layer_groups,
                 clusters=self.config.clusters, probe=self.config.probe, seed=self.config.estimator_seed,
                 fit_fraction=self.config.fit_fraction, bootstrap=self.config.bootstrap,
-                control=positions.to(device) if self.config.position_control else None,
+                control=positions.to(device) if positions is not None else None,
             ).to_dict()
             result = _name_position_control(result)
             if self.config.baselines:

@@ -196,7 +196,7 @@ def _where_selected_is_drawn(data: PlotData) -> Tuple[str, Optional[int]]:
             return "mi", layer
         if prefix in data.baselines and layer in data.baselines[prefix]:
             return prefix, layer
-    for layer, series in data.mi.items():  # e.g. mi_bits with selection 'last' equals the last layer's curve
+    for layer, series in data.mi.items():  # e.g. mi_bits, selection 'last', position_control off = the last layer's curve
         if (series.steps, series.values) == (data.selected.steps, data.selected.values):
             return "mi", layer
     return "mi", None

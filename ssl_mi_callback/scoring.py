@@ -164,8 +164,8 @@ def supervised_by_layer(
                 groups.append(np.full(num_frames, utterance.index))
             if not rows:
                 continue
-            if unmasked is not None and batch.index in unmasked:
-                extracted = {layer: unmasked[batch.index][layer][rows] for layer in layers}
+            if unmasked is not None and batch.index in unmasked:  # consumed: the copy below is all that stays
+                extracted = {layer: value[rows] for layer, value in unmasked.pop(batch.index).items() if layer in layers}
             else:
                 extracted = adapter.extract(model, batch.waveforms()[rows], layers)
             for layer in layers:

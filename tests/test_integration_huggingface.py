@@ -247,8 +247,8 @@ def test_misconfiguration_is_refused_at_construction(tiny_corpus, tmp_path):
         MITrainerCallback(tiny_corpus / "heldout.tsv", {"clusters": 1})
     with pytest.raises(ValueError, match=r"unknown evaluation settings \['cluster'\]"):
         MITrainerCallback(tiny_corpus / "heldout.tsv", {"cluster": 8})
-    assert [selection_metric(m) for m in ("mi_bits", "eval_mi_bits", "eval_valid_mi_bits_l4", "eval_loss", None)] == \
-        ["mi_bits", "mi_bits", "mi_bits_l4", None, None]
+    assert [selection_metric(m) for m in ("mi_bits", "eval_mi_bits", "eval_valid_mi_bits_l4", "eval_mi_given_position_bits_l2",
+                                          "eval_loss", None)] == ["mi_bits", "mi_bits", "mi_bits_l4", "mi_given_position_bits_l2", None, None]
     rebuilt = MITrainerCallback(**json.loads(json.dumps(callback.state()["args"])))  # how the Trainer restores it
     assert rebuilt.evaluation == callback.evaluation and rebuilt.subset.fingerprint() == callback.subset.fingerprint()
 

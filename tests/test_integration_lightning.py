@@ -377,8 +377,8 @@ def test_failed_evaluations_never_end_the_run(tiny_corpus, subset, tmp_path, one
     assert [(r["step"], r["status"]) for r in records] == [(5, "failed"), (10, "failed")]
     assert "non-finite features" in records[0]["error"]
     assert FAILED_MI_BITS == -math.inf
-    for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2"):  # every metric a checkpoint may select on
-        assert trainer.callback_metrics[key].item() == -math.inf, key
+    for key in ("mi_bits", "mi_bits_l1", "mi_bits_l2", "mi_given_position_bits_l1", "mi_given_position_bits_l2"):
+        assert trainer.callback_metrics[key].item() == -math.inf, key  # every metric a checkpoint may select on
     assert "h_c_bits_l2" not in trainer.callback_metrics
     assert not math.isfinite(checkpoint.best_model_score.item())
     assert all(score.item() == -math.inf for score in checkpoint.best_k_models.values())
@@ -446,6 +446,10 @@ def test_two_process_ddp_logs_the_one_process_value_and_writes_one_history(tiny_
     records = read_history(tmp_path / "mi_history.jsonl")
     assert [r["step"] for r in records] == [5, 10] and all(r["status"] == "ok" for r in records)  # one writer
     assert records[-1]["metrics"]["mi_bits"] == pytest.approx(ranks[0]["logged"]["mi_bits"], abs=1e-6)
+    for record in records:  # each rank's own value (what it logged is averaged by sync_dist, so compare these)
+        assert record["distributed"]["world_size"] == 2
+        values = record["distributed"]["rank_mi_bits"]
+        assert len(values) == 2 and values[0] == values[1]
 
     module = make_module(tiny_corpus)
     state = torch.load(tmp_path / "final.ckpt", map_location="cpu", weights_only=True)["state_dict"]

@@ -71,7 +71,7 @@ from ..selector import OLDER_WINS_TIES, CheckpointSelector, SelectionConfig
 logger = logging.getLogger("ssl_mi_callback.huggingface")
 
 METRIC = "mi_bits"
-_OWN_SELECTION_METRIC = re.compile(r"(?:^|_)(mi_bits(?:_l\d+)?)$")
+_OWN_SELECTION_METRIC = re.compile(r"(?:^|_)(mi_bits(?:_l\d+)?|mi_given_position_bits_l\d+)$")
 
 
 def selection_metric(metric_for_best_model: Optional[str]) -> Optional[str]:

@@ -66,8 +66,9 @@ except ImportError as error:  # pragma: no cover - depends on the installation
     ) from error
 
 FAILED_MI_BITS = -math.inf
-"""What a failed evaluation logs as ``mi_bits`` (and ``mi_bits_l{k}``): no score, below every real one."""
-_SELECTION_METRIC = re.compile(r"mi_bits(?:_l\d+)?")
+"""What a failed evaluation logs as ``mi_bits`` (and ``mi_bits_l{k}``, ``mi_given_position_bits_l{k}``): no
+score, below every real one."""
+_SELECTION_METRIC = re.compile(r"mi_bits(?:_l\d+)?|mi_given_position_bits_l\d+")
 
 ModelGetter = Union[None, str, Callable[[LightningModule], torch.nn.Module]]
 _AUTO_ATTRIBUTES = ("model",)
@@ -295,7 +296,8 @@ class MILightningCallback(Callback):
         else:  # failed: no score for every metric a checkpoint or stopper may select on (see the module docs)
             values = {"mi_bits": FAILED_MI_BITS}
             if self.log_layer_metrics:
-                values.update({f"mi_bits_l{layer}": FAILED_MI_BITS for layer in self._scored_layers})
+                per_layer = ("mi_bits", "mi_given_position_bits") if self.evaluator.config.position_control else ("mi_bits",)
+                values.update({f"{name}_l{layer}": FAILED_MI_BITS for layer in self._scored_layers for name in per_layer})
         for key, number in values.items():  # every rank holds the same values: sync_dist averages equal numbers
             pl_module.log(key, number, on_step=on_step, on_epoch=not on_step, prog_bar=key == "mi_bits",
                           batch_size=1, sync_dist=True)
