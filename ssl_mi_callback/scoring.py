@@ -85,7 +85,7 @@ def load_huggingface(path: str, device: str) -> LoadedModel:
 
     ``from_pretrained`` reads ``model.safetensors`` (no pickle at all) when present, else
     ``pytorch_model.bin`` with ``torch.load(weights_only=True)`` passed explicitly (so
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off; transformers refuses ``.bin`` files on
+    torch's environment override of its default cannot turn it off; transformers refuses ``.bin`` files on
     torch < 2.6). A ``.bin`` that carries another pickled global is refused here in one line.
     """
     import json

@@ -47,8 +47,8 @@ command does not use them).
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import datetime
+import fnmatch
 import functools
 import hashlib
 import json
@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from benchmarks.machine import cpu_model
+from ssl_mi_callback.evaluator import EvaluationConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -654,8 +655,9 @@ def best_layer_accuracy(layers: Sequence[int]) -> Callable[[dict], float]:
 
 LAYER_RULES = ("last", "layer 1", "mean", "normalised")   # in the order of the tie-break (simpler first)
 CENTERING_SUFFIX = {"none": "", "utterance": "_centered"}   # metric-name infix of each ssl-mi score --centering
-PRODUCT_CENTERING = "utterance"  # the product default (EvaluationConfig.centering; was "none" before round 1), last layer
-PRODUCT_POSITION_CONTROL = True  # the product default (EvaluationConfig.position_control; false before round 2)
+_PRODUCT = EvaluationConfig()  # the product defaults, last layer (centering "none" before round 1, no position control before round 2)
+PRODUCT_CENTERING = _PRODUCT.centering
+PRODUCT_POSITION_CONTROL = _PRODUCT.position_control
 PRODUCT_DEFAULT_METRIC = ("mi_cp_last" if PRODUCT_POSITION_CONTROL else "mi_c_last") if PRODUCT_CENTERING == "utterance" else "mi_last"
 
 

@@ -1,7 +1,7 @@
 """Load saved fairseq checkpoints for offline scoring (see :mod:`ssl_mi_callback.scoring`).
 
 fairseq's own loader calls ``torch.load`` without ``weights_only``, which unpickles anything on
-torch < 2.6 or with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``. Here the file is read once, inside
+torch < 2.6 or where the environment overrides torch's weights-only default. Here the file is read once, inside
 :func:`.safe_load.weights_only_torch_load` (weights-only, fairseq's allowlist, one-line refusal), and
 fairseq builds the model from that state; any further file its model code loads is weights-only too.
 """

@@ -60,8 +60,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
 
     ``mmap=True`` maps tensor storages instead of reading them (zip-format checkpoints only), which
     keeps a resume or a peek at ``task_state`` cheap for large checkpoints. ``weights_only=True`` is
-    passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (which only changes torch's default)
-    cannot turn it off.
+    passed explicitly, so torch's environment override of its default cannot turn it off.
     """
     allow_fairseq_checkpoint_classes()
     # torch refuses mmap for legacy (non-zip) files; those are read whole, still weights-only.
@@ -76,8 +75,8 @@ def weights_only_torch_load() -> Iterator[None]:
 
     For code that calls ``torch.load`` without ``weights_only`` (fairseq 0.12.2's
     ``load_checkpoint_to_cpu``, and the models that load a second file named in a checkpoint's config,
-    e.g. ``w2v_path`` of a fine-tuned wav2vec 2.0): on torch < 2.6, or with
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, those calls would unpickle anything. It replaces
+    e.g. ``w2v_path`` of a fine-tuned wav2vec 2.0): on torch < 2.6, or where the environment overrides
+    torch's weights-only default, those calls would unpickle anything. It replaces
     ``torch.load`` for the duration of the block, so use it only around single-threaded loading code
     (offline scoring); it never makes loading less safe.
     """
