@@ -7,7 +7,7 @@ import torch
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.datasets import make_blobs
 
-from ssl_mi_callback.estimators import EstimatorInputError, OnlineKMeans
+from ssl_mi_callback.estimators import EstimatorInputError, OnlineKMeans, kmeans_plusplus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,6 +79,24 @@ def test_same_seed_same_centres_to_the_last_digit():
     assert torch.equal(first.cluster_centers_, second.cluster_centers_)
     assert first.inertia_ == second.inertia_
     assert not torch.equal(first.cluster_centers_, OnlineKMeans(30, seed=6).fit(x).cluster_centers_)
+
+
+def test_lockstep_seedings_equal_consecutive_single_seedings():
+    """n_init seedings run together pick exactly the centres of n_init seedings run one after the other
+    from the same generator (the best potential wins), and leave the generator in the same state.
+    (The distance products have another shape, so they may round differently in float32: a tie between
+    two candidates closer than that rounding could in principle go the other way.)"""
+    sample = torch.from_numpy(anisotropic(3000, 24, seed=7))
+    lockstep_generator, single_generator = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    centers, potential = kmeans_plusplus(sample, 40, lockstep_generator, n_init=3)
+    singles = [kmeans_plusplus(sample, 40, single_generator) for _ in range(3)]
+    assert len({round(p, 6) for _, p in singles}) == 3  # three different seedings to choose from
+    best_centers, best_potential = min(singles, key=lambda seeding: seeding[1])
+    assert torch.equal(centers, best_centers)
+    assert potential == pytest.approx(best_potential, rel=1e-9)  # float32 products of another shape
+    assert torch.equal(lockstep_generator.get_state(), single_generator.get_state())
+    squared = torch.cdist(sample.double(), centers.double()).min(1).values ** 2
+    assert potential == pytest.approx(float(squared.sum()), rel=1e-6)
 
 
 def test_empty_cluster_is_reseeded_at_the_farthest_point():

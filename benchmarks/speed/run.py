@@ -128,7 +128,7 @@ def kmeans_methods(n: int, k: int, seed: int, threads: int) -> Dict[str, dict]:
         return run
 
     methods = {
-        "ours OnlineKMeans.fit": {"levels": [2, 4, 8, 16, 32, 100], "unit": "max_iter", "make": ours},
+        "ours OnlineKMeans.fit": {"levels": [1, 2, 4, 8, 16, 32, 100], "unit": "max_iter", "make": ours},
         "ours OnlineKMeans.partial_fit": {"levels": [1, 2, 4], "unit": "epochs", "make": ours_stream},
     }
     try:
@@ -358,6 +358,14 @@ def kmeans_iteration_profile(n: int, d: int, k: int, repeats: int, seed: int = 0
             onehot = torch.nn.functional.one_hot(lab, k).T.float()
             stats += (onehot @ part).double()
 
+    def row_norms_one_temporary():  # (chunk * chunk).sum(1) on a 16384-row temporary, as before 2026-11-26 15:00
+        for part in torch.split(x, chunk):
+            (part * part).sum(1)
+
+    def row_norms_blocks():  # the same sums from 1024-row temporaries, as _assign_chunks does now
+        for part in torch.split(x, chunk):
+            torch.cat([(block * block).sum(1) for block in torch.split(part, 1024)])
+
     def isfinite_check():
         bool(torch.isfinite(x).all())
 
@@ -369,8 +377,10 @@ def kmeans_iteration_profile(n: int, d: int, k: int, repeats: int, seed: int = 0
 
     for name, fn in [("matmul+argmin", matmul_argmin), ("exact distance (gather, sub, square)", exact_distances),
                      ("index_add float64 (chunk.double())", double_index_add), ("index_add float32", float_index_add),
-                     ("one-hot matmul sums", onehot_matmul), ("isfinite check of x", isfinite_check),
-                     ("_mean_variance (float64 pass)", mean_variance),
+                     ("one-hot matmul sums", onehot_matmul),
+                     ("row norms, one 16384-row temporary per chunk", row_norms_one_temporary),
+                     ("row norms, 1024-row temporaries", row_norms_blocks), ("isfinite check of x", isfinite_check),
+                     ("_mean_variance (1024-row blocks)", mean_variance),
                      ("OnlineKMeans.fit(init=centres, max_iter=1) total", one_fit_iteration)]:
         try:
             fn()
@@ -1308,9 +1318,9 @@ def write_report(results: dict, out: Path) -> None:
         if prof:
             lines += [f"Where one OnlineKMeans Lloyd iteration goes (N={prof['N']}, D={prof['D']}, K={prof['K']}, median s"
                       + (f", from run {prof['run']}" if prof.get("run") else "") + "): the parts re-enact, standalone, the steps of the "
-                      "implementation before the optimisation of 2026-11-26 05:48 (exact-distance pass, float64 index_add, element-wise "
-                      "isfinite, float64 variance: see the older runs below) next to their cheaper replacements; the 'total' row is "
-                      "today's real call.", "", "| part | seconds |", "|---|---|"]
+                      "implementations before the optimisations of 2026-11-26 05:48 (exact-distance pass, float64 index_add, element-wise "
+                      "isfinite, float64 variance: see the older runs below) and 15:00 (row norms from one chunk-sized temporary) "
+                      "next to their cheaper replacements; the 'total' row is today's real call.", "", "| part | seconds |", "|---|---|"]
             lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
                       for key, value in prof.items() if key not in ("N", "D", "K", "run")]
             lines.append("")

@@ -17,35 +17,56 @@ from .seeding import make_generator
 from .validation import ArrayLike, EstimatorInputError, as_features, check_int, resolve_device
 
 Device = Optional[Union[str, torch.device]]
+_ROW_BLOCK = 1024
+"""Rows per element-wise temporary (x * x): a chunk-sized one costs more to allocate than to compute."""
 
 
-def kmeans_plusplus(sample: Tensor, n_clusters: int, generator: torch.Generator) -> Tuple[Tensor, float]:
+def _row_squared_norms(x: Tensor) -> Tensor:
+    """||x_i||^2 per row, computed ``_ROW_BLOCK`` rows at a time (the same sums, bit for bit)."""
+    return torch.cat([(block * block).sum(1) for block in torch.split(x, _ROW_BLOCK)])
+
+
+def kmeans_plusplus(
+    sample: Tensor, n_clusters: int, generator: torch.Generator, n_init: int = 1
+) -> Tuple[Tensor, float]:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + ln K trials per centre, as sklearn).
 
     Each new centre is the best, by resulting potential sum_i min_c ||x_i - c||^2, of a few
-    candidates drawn with probability proportional to the current squared distance.
-    Returns the (K, D) centres and their final potential on ``sample``.
+    candidates drawn with probability proportional to the current squared distance. ``n_init``
+    seedings run in lockstep (one distance product per step for all of their candidates, so the
+    sample is read once per step, not once per seeding); each draws its random numbers in the order a
+    seeding alone would, so run r is the r-th of ``n_init`` consecutive single seedings (up to the
+    float32 rounding of a distance product of another shape, which only a near tie could expose).
+    Returns the (K, D) centres with the lowest final potential on ``sample`` (the first on a tie) and
+    that potential.
     """
     n_trials = 2 + int(math.log(n_clusters))
-    n = sample.shape[0]
-    norms = (sample * sample).sum(1)
+    n, device = sample.shape[0], sample.device
+    norms = _row_squared_norms(sample)
 
     def squared_distances_to(ids: Tensor) -> Tensor:
         return (norms[ids, None] + norms - 2.0 * sample[ids] @ sample.T).clamp_min_(0.0).double()
 
-    first = int(torch.randint(n, (1,), generator=generator))
-    centers = [sample[first]]
-    closest = squared_distances_to(torch.tensor([first], device=sample.device))[0]
-    potential = closest.sum()
-    for _ in range(1, n_clusters):
-        draws = torch.rand(n_trials, generator=generator, dtype=torch.float64).to(sample.device) * potential
-        candidate_ids = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_max_(n - 1)
-        candidate_closest = torch.minimum(closest, squared_distances_to(candidate_ids))
-        candidate_potential = candidate_closest.sum(1)
-        best = int(torch.argmin(candidate_potential))
-        closest, potential = candidate_closest[best], candidate_potential[best]
-        centers.append(sample[candidate_ids[best]])
-    return torch.stack(centers), float(potential)
+    firsts, uniforms = [], []
+    for _ in range(n_init):  # the generator's order of a single seeding: its first centre, then its draws
+        firsts.append(torch.randint(n, (1,), generator=generator))
+        uniforms.append(torch.rand(n_clusters - 1, n_trials, generator=generator, dtype=torch.float64))
+    runs = torch.arange(n_init, device=device)
+    chosen = [torch.cat(firsts).to(device)]
+    closest = squared_distances_to(chosen[0])  # (runs, n)
+    potential = closest.sum(1)
+    uniforms_by_step = torch.stack(uniforms, dim=1).to(device)  # (K - 1, runs, trials)
+    for draws in uniforms_by_step:
+        targets = (draws * potential[:, None]).contiguous()
+        candidate_ids = torch.searchsorted(torch.cumsum(closest, 1), targets).clamp_max_(n - 1)  # (runs, trials)
+        distances = squared_distances_to(candidate_ids.flatten()).view(n_init, n_trials, n)
+        candidate_closest = torch.minimum(closest[:, None, :], distances)
+        candidate_potential = candidate_closest.sum(2)
+        best = torch.argmin(candidate_potential, dim=1)
+        closest, potential = candidate_closest[runs, best], candidate_potential[runs, best]
+        chosen.append(candidate_ids[runs, best])
+    winner = min(range(n_init), key=lambda run: float(potential[run]))
+    return sample[torch.stack(chosen, dim=1)[winner]], float(potential[winner])
 
 
 class OnlineKMeans:
@@ -191,10 +212,7 @@ class OnlineKMeans:
         generator = make_generator(self.seed, "kmeans-init")
         sample_size = max(self.n_clusters, min(check_int(self.init_sample, "init_sample", 1), x.shape[0]))
         rows = torch.randperm(x.shape[0], generator=generator)[:sample_size].to(x.device)
-        seedings = [
-            kmeans_plusplus(x[rows], self.n_clusters, generator) for _ in range(check_int(self.n_init, "n_init", 1))
-        ]
-        centers = min(seedings, key=lambda seeding: seeding[1])[0]
+        centers, _ = kmeans_plusplus(x[rows], self.n_clusters, generator, check_int(self.n_init, "n_init", 1))
         if self.reduce_fn is not None:
             self._check_same_on_every_process(centers)
         return centers
@@ -219,7 +237,7 @@ class OnlineKMeans:
         for chunk in torch.split(x, check_int(self.chunk_size, "chunk_size", 1)):
             scores = torch.addmm(center_norms, chunk, centers.T, alpha=-2.0)
             nearest, labels = scores.min(dim=1)
-            yield chunk, labels, (nearest + (chunk * chunk).sum(1)).clamp_min_(0.0)
+            yield chunk, labels, (nearest + _row_squared_norms(chunk)).clamp_min_(0.0)
 
     def _assign(self, x: Tensor, centers: Tensor) -> Tuple[Tensor, Tensor]:
         """Nearest-centre labels and squared distances for all rows."""
@@ -271,8 +289,8 @@ class OnlineKMeans:
     def _mean_variance(self, x: Tensor, reduce: ReduceFn) -> float:
         """Mean over dimensions of the variance of ``x`` (all processes)."""
         moments = torch.zeros(2 * x.shape[1] + 1, dtype=torch.float64, device=x.device)
-        for chunk in torch.split(x, check_int(self.chunk_size, "chunk_size", 1)):  # only sets the tolerance
-            moments[: 2 * x.shape[1]] += torch.cat([chunk.sum(0), (chunk * chunk).sum(0)]).double()
+        for block in torch.split(x, _ROW_BLOCK):  # only sets the tolerance
+            moments[: 2 * x.shape[1]] += torch.cat([block.sum(0), (block * block).sum(0)]).double()
         moments[-1] = x.shape[0]
         moments = reduce(moments)
         dims = x.shape[1]
