@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 import torch
 
-from .data import Source, load_heldout
+from .data import Source
 from .distributed import rank_and_world_size
 from .evaluator import EvaluationConfig, Evaluator
 from .features import FeatureAdapter
@@ -74,9 +74,8 @@ class MICallback:
         """The hook for a plain PyTorch loop: held-out audio (manifest, folder or list of files) loaded
         once, ranks from ``torch.distributed`` when it is initialised (only rank 0 writes)."""
         rank, world_size = rank_and_world_size()
-        subset = load_heldout(heldout, max_seconds=max_seconds, max_utterance_seconds=max_utterance_seconds)
-        logger.info("MI held-out subset: %s", subset.describe())
-        evaluator = Evaluator(config or EvaluationConfig(), subset, adapter, rank=rank, world_size=world_size)
+        evaluator = Evaluator.from_heldout(config, heldout, adapter, max_seconds=max_seconds,
+                                           max_utterance_seconds=max_utterance_seconds, rank=rank, world_size=world_size)
         selector = CheckpointSelector(selection or SelectionConfig(), history_path=history_path, is_writer=rank == 0)
         return cls(evaluator, selector, every_n_steps=every_n_steps, strict=strict,
                    export_best=export_best if rank == 0 else None)

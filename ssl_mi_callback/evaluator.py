@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import estimators
-from .data import Batch, HeldOutSubset, plan_batches
+from .data import Batch, HeldOutSubset, Source, load_heldout, plan_batches
 from .distributed import GatherFn, gather_objects
 from .features import VIEW_PAIRS, FeatureAdapter, resolve_layers
 from .views import MaskConfig, span_mask
@@ -170,9 +170,14 @@ def _name_position_control(result: dict) -> dict:
     return {_POSITION_NAMES.get(key, key): value for key, value in result.items()}
 
 
-def _check_finite(layer: int, utterances: Sequence, masked: torch.Tensor, unmasked: torch.Tensor) -> None:
-    """Raise one line naming the utterances whose layer features hold NaN/inf ([B, F, D] views)."""
-    finite = torch.isfinite(masked).flatten(1).all(dim=1) & torch.isfinite(unmasked).flatten(1).all(dim=1)
+def _finite_per_utterance(masked: torch.Tensor, unmasked: torch.Tensor) -> torch.Tensor:
+    """[B] bool on the features' device: True where both [B, F, D] views of the utterance are finite
+    (no host sync: the check is read once, after the last batch)."""
+    return torch.isfinite(masked).flatten(1).all(dim=1) & torch.isfinite(unmasked).flatten(1).all(dim=1)
+
+
+def _check_finite(layer: int, utterances: Sequence, finite: torch.Tensor) -> None:
+    """Raise one line naming the utterances whose layer features hold NaN/inf (``finite``: [B] bool)."""
     if bool(finite.all()):
         return
     bad = [u.uid for u, ok in zip(utterances, finite.tolist()) if not ok]
@@ -193,6 +198,13 @@ def _check_frames(adapter: str, features: dict[int, torch.Tensor], batch_size: i
                 f"the {adapter} adapter returned layer {layer} features of shape {tuple(value.shape)}, expected "
                 f"[{batch_size}, {num_frames}, dim] (its num_frames disagrees with its features)"
             )
+
+
+def _to_device_without_sync(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU from pinned memory, so the copy does not wait for the stream."""
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -227,6 +239,24 @@ class Evaluator:
             subset.utterances, batch_seconds=config.batch_seconds,
             length_quantum_seconds=config.length_quantum_seconds, sample_rate=SAMPLE_RATE,
         )
+
+    @classmethod
+    def from_heldout(
+        cls,
+        config: Optional[EvaluationConfig],
+        heldout: Source,
+        adapter: FeatureAdapter,
+        *,
+        max_seconds: Optional[float] = 300.0,
+        max_utterance_seconds: Optional[float] = 15.0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> "Evaluator":
+        """Load the held-out audio (manifest, folder or list of files; see :func:`~ssl_mi_callback.data.load_heldout`),
+        log what was loaded, and build the evaluator (``config`` None: the defaults)."""
+        subset = load_heldout(heldout, max_seconds=max_seconds, max_utterance_seconds=max_utterance_seconds)
+        logger.info("MI held-out subset: %s", subset.describe())
+        return cls(config if config is not None else EvaluationConfig(), subset, adapter, rank=rank, world_size=world_size)
 
     @property
     def view_pair(self) -> str:
@@ -312,24 +342,27 @@ class Evaluator:
     def _local_features(
         self, model: torch.nn.Module, layers: list[int], unmasked_sink: Optional[UnmaskedSink] = None
     ) -> list[BatchPairs]:
-        results = []
+        results, finite_checks = [], []
+        device = _model_device(model)
         for batch in self.batches[self.rank :: self.world_size]:
             first, second, pairs, unmasked = self._batch_views(model, batch, layers)
             if unmasked_sink is not None:
                 unmasked_sink(batch, unmasked)
-            device_pairs = pairs.to(_model_device(model))
+            pair_rows = torch.nonzero(pairs)  # (utterance, frame) of every pair, row-major; pairs is on the CPU
+            utterance, frame = _to_device_without_sync(pair_rows, device).unbind(1)
             per_layer = {}
-            for layer in layers:
-                _check_finite(layer, batch.utterances, first[layer], second[layer])
-                za = first[layer][device_pairs].float()
-                zb = second[layer][device_pairs].float()
-                if self.world_size > 1:
-                    za, zb = za.cpu(), zb.cpu()
-                per_layer[layer] = (za, zb)
+            for layer in layers:  # integer indices, not a boolean mask: a mask makes the host wait to size the result
+                finite_checks.append((layer, batch.utterances, _finite_per_utterance(first[layer], second[layer])))
+                per_layer[layer] = (first[layer][utterance, frame].float(), second[layer][utterance, frame].float())
             groups = torch.repeat_interleave(torch.tensor([u.index for u in batch.utterances]), pairs.sum(dim=1))
-            frame_index = torch.nonzero(pairs)[:, 1]  # row-major, the order of first[layer][pairs]
+            frame_index = pair_rows[:, 1]
             num_frames = torch.full_like(frame_index, self.adapter.num_frames(model, batch.num_samples))
             results.append(BatchPairs(batch.index, per_layer, groups, frame_index, num_frames))
+        for layer, utterances, finite in finite_checks:  # the flags are read after the last forward
+            _check_finite(layer, utterances, finite)
+        if self.world_size > 1:  # the gather pickles CPU tensors
+            for item in results:
+                item.per_layer.update({layer: (za.cpu(), zb.cpu()) for layer, (za, zb) in item.per_layer.items()})
         return results
 
     def _gather_or_raise(self, local: object) -> list:

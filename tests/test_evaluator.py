@@ -128,6 +128,36 @@ def test_frame_positions_follow_the_pairs(subset, one_torch_thread):
         assert part.frame_index.shape[0] == part.groups.shape[0] == part.per_layer[2][0].shape[0]
 
 
+def test_positions_travel_with_their_frames_through_the_gather(subset, one_torch_thread):
+    """Features that are their own frame index and frame count: after the per-batch pairing and an
+    out-of-order two-rank gather, every frame pair's position features are computed from its own
+    (frame index, frame count), and both views agree on them."""
+    from ssl_mi_callback.estimators import position_features
+    from ssl_mi_callback.evaluator import Evaluator
+    from ssl_mi_callback.features.generic import FunctionAdapter
+
+    hop = 320
+
+    def frame_coordinates(model, waveforms):
+        batch, frames = waveforms.shape[0], waveforms.shape[1] // hop
+        index = torch.arange(frames, dtype=torch.float32).expand(batch, frames)
+        loudness = waveforms[:, : frames * hop].reshape(batch, frames, hop).abs().mean(-1)
+        return [torch.stack([index, torch.full_like(index, float(frames)), loudness], dim=-1)]
+
+    evaluator = make_evaluator(subset, FunctionAdapter(frame_coordinates, num_layers=1, frame_hop=hop), layers=(1,))
+    parts = evaluator._local_features(torch.nn.Linear(1, 1), [1])
+    assert len(parts) >= 2
+    for part in parts:
+        za, zb = part.per_layer[1]
+        assert torch.equal(za[:, 0].long(), part.frame_index) and torch.equal(zb[:, 0].long(), part.frame_index)
+        assert torch.equal(za[:, 1].long(), part.num_frames)
+    features, groups, positions = Evaluator._assemble([parts[1::2], parts[0::2]], with_positions=True)
+    za, zb = features[1]
+    assert torch.equal(positions, position_features(za[:, 0].long(), za[:, 1].long()))
+    assert torch.equal(zb[:, :2], za[:, :2]) and groups.shape[0] == za.shape[0]
+    assert torch.equal(groups, torch.cat([part.groups for part in parts]))  # batch order restored
+
+
 def test_masks_and_batches_do_not_depend_on_batch_size(subset, one_torch_thread):
     model = tiny_wav2vec2()
     small = make_evaluator(subset, batch_seconds=2.0).evaluate(model)

@@ -96,14 +96,19 @@ def make_module(corpus: Path):
     return TinyHuBERT()
 
 
+def mi_config():
+    from ssl_mi_callback.evaluator import EvaluationConfig
+
+    return EvaluationConfig(clusters=8, bootstrap=20, mask_length=2, mask_prob=0.3, layers=(1, 2), baselines=False)
+
+
 def make_mi_callback(subset, history: str = "mi_history.jsonl", **kwargs):
     """History relative to the trainer's default_root_dir (the default, and what keeps resume portable)."""
-    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
+    from ssl_mi_callback.evaluator import Evaluator
     from ssl_mi_callback.features.torchaudio import TorchaudioWav2Vec2Adapter
     from ssl_mi_callback.integrations.lightning import MILightningCallback
 
-    config = EvaluationConfig(clusters=8, bootstrap=20, mask_length=2, mask_prob=0.3, layers=(1, 2), baselines=False)
-    return MILightningCallback(Evaluator(config, subset, TorchaudioWav2Vec2Adapter()), history_path=history, **kwargs)
+    return MILightningCallback(Evaluator(mi_config(), subset, TorchaudioWav2Vec2Adapter()), history_path=history, **kwargs)
 
 
 def make_trainer(tmp_path: Path, max_steps: int, callbacks: list, logger=False):
@@ -236,12 +241,17 @@ def test_resume_restores_the_best_so_far_and_continues_the_history(first_run, ti
 def test_every_n_train_steps_with_a_step_checkpoint(first_run, tiny_corpus, subset, tmp_path, one_torch_thread):
     """every_n_train_steps=10 (validation still runs every 5 steps, without evaluating): ModelCheckpoint
     (every_n_train_steps=10, monitor='mi_bits') keeps the best; the values equal the first run's at the
-    same steps, because an evaluation changes neither the weights nor any random state of training."""
+    same steps, because an evaluation changes neither the weights nor any random state of training.
+    The callback comes from ``create`` (held-out files loaded by it), which builds the same evaluator."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from ssl_mi_callback.features.torchaudio import TorchaudioWav2Vec2Adapter
+    from ssl_mi_callback.integrations.lightning import MILightningCallback
 
     pl.seed_everything(0, verbose=False)
-    mi = make_mi_callback(subset, evaluate_on_validation=False, every_n_train_steps=10)
+    mi = MILightningCallback.create(TorchaudioWav2Vec2Adapter(), heldout_paths(tiny_corpus), config=mi_config(),
+                                    evaluate_on_validation=False, every_n_train_steps=10)
+    assert mi.evaluator.subset.fingerprint() == subset.fingerprint()
     best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="mi_bits", mode="max", every_n_train_steps=10)
     make_trainer(tmp_path, 30, [mi, best]).fit(make_module(tiny_corpus))
     records = read_history(tmp_path / "mi_history.jsonl")

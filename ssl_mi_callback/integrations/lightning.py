@@ -53,8 +53,9 @@ import torch
 
 from .. import legacy_hydra
 from ..callback import MICallback
-from ..evaluator import Evaluator
-from ..features import resolve_layers
+from ..data import Source
+from ..evaluator import EvaluationConfig, Evaluator
+from ..features import FeatureAdapter, resolve_layers
 from ..selector import OLDER_WINS_TIES, CheckpointSelector, SelectionConfig
 
 try:
@@ -141,6 +142,26 @@ class MILightningCallback(Callback):
         self._pending_state: Optional[dict] = None
         self._resolved_attribute: Optional[str] = None  # "" = the LightningModule itself
         self._scored_layers: list[int] = []
+
+    @classmethod
+    def create(
+        cls,
+        adapter: FeatureAdapter,
+        heldout: Source,
+        *,
+        config: Optional[EvaluationConfig] = None,
+        max_seconds: Optional[float] = 300.0,
+        max_utterance_seconds: Optional[float] = 15.0,
+        **options: Any,
+    ) -> "MILightningCallback":
+        """As :meth:`MICallback.create <ssl_mi_callback.callback.MICallback.create>`: load the held-out audio
+        (manifest, folder or list of files) and build the evaluator; ``options`` are the constructor's
+        keyword arguments (``history_path``, ``selection``, ``every_n_train_steps``, ``model``, ...).
+        Ranks come from the trainer at ``setup``."""
+        evaluator = Evaluator.from_heldout(
+            config, heldout, adapter, max_seconds=max_seconds, max_utterance_seconds=max_utterance_seconds
+        )
+        return cls(evaluator, **options)
 
     @property
     def state_key(self) -> str:

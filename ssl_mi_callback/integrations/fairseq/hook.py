@@ -15,7 +15,6 @@ from typing import Any, Optional
 import torch
 
 from ...callback import MICallback, _one_line
-from ...data import load_heldout
 from ...distributed import rank_and_world_size
 from ...evaluator import EvaluationConfig, Evaluator
 from ...features.fairseq import FairseqMaskedPredictionAdapter
@@ -95,13 +94,11 @@ class FairseqMIHook:
         self.rank, self.world_size = rank_and_world_size()
         save_dir = str(run_cfg.checkpoint.save_dir)
         config = evaluation_config(task_cfg)
-        subset = load_heldout(
-            resolve_heldout(task_cfg),
-            max_seconds=float(task_cfg.mi_max_seconds),
-            max_utterance_seconds=float(task_cfg.mi_max_utterance_seconds),
+        evaluator = Evaluator.from_heldout(
+            config, resolve_heldout(task_cfg), FairseqMaskedPredictionAdapter(),
+            max_seconds=float(task_cfg.mi_max_seconds), max_utterance_seconds=float(task_cfg.mi_max_utterance_seconds),
+            rank=self.rank, world_size=self.world_size,
         )
-        logger.info("MI held-out subset: %s", subset.describe())
-        evaluator = Evaluator(config, subset, FairseqMaskedPredictionAdapter(), rank=self.rank, world_size=self.world_size)
         self.history_path = _inside(save_dir, str(task_cfg.mi_history))
         selector = CheckpointSelector(
             SelectionConfig(monitor=METRIC, mode="max"),
