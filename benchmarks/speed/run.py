@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -556,10 +556,15 @@ def bench_probes(n: int, d: int, classes: int, repeats: int, seed: int = 0, budg
 
 # ----------------------------------------------------------------------------------- 3. full evaluation
 @contextlib.contextmanager
-def estimator_timers(store: dict):
+def estimator_timers(store: dict, sync: Callable[[], None] = lambda: None):
     """Time k-means and the probe inside ``unsupervised_mi`` by wrapping what bounds.py looks up
-    (no package code changes); falls back to no split if the names are gone."""
+    (no package code changes); falls back to no split if the names are gone. ``sync`` runs before
+    each clock read (a CUDA synchronize on a GPU, where kernels run after the call returns)."""
     from ssl_mi_callback.estimators import bounds
+
+    def clock() -> float:
+        sync()
+        return time.perf_counter()
 
     saved = {}
     if hasattr(bounds, "OnlineKMeans"):
@@ -567,25 +572,25 @@ def estimator_timers(store: dict):
 
         class TimedKMeans(base):
             def fit(self, *a, **kw):
-                t0 = time.perf_counter()
+                t0 = clock()
                 try:
                     return super().fit(*a, **kw)
                 finally:
-                    store["kmeans"] = store.get("kmeans", 0.0) + time.perf_counter() - t0
+                    store["kmeans"] = store.get("kmeans", 0.0) + clock() - t0
 
             def predict(self, *a, **kw):
-                t0 = time.perf_counter()
+                t0 = clock()
                 try:
                     return super().predict(*a, **kw)
                 finally:
-                    store["kmeans"] = store.get("kmeans", 0.0) + time.perf_counter() - t0
+                    store["kmeans"] = store.get("kmeans", 0.0) + clock() - t0
 
             def inertia(self, *a, **kw):
-                t0 = time.perf_counter()
+                t0 = clock()
                 try:
                     return super().inertia(*a, **kw)
                 finally:
-                    store["kmeans"] = store.get("kmeans", 0.0) + time.perf_counter() - t0
+                    store["kmeans"] = store.get("kmeans", 0.0) + clock() - t0
 
         saved["OnlineKMeans"] = base
         bounds.OnlineKMeans = TimedKMeans
@@ -598,11 +603,11 @@ def estimator_timers(store: dict):
                 original = getattr(probe, method)
 
                 def wrapped(*args, _original=original, **kwargs):
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     try:
                         return _original(*args, **kwargs)
                     finally:
-                        store["probe"] = store.get("probe", 0.0) + time.perf_counter() - t0
+                        store["probe"] = store.get("probe", 0.0) + clock() - t0
                 setattr(probe, method, wrapped)
             return probe
 
@@ -688,7 +693,8 @@ def _stock_yaml(source: Path, target_dir: Path) -> str:
     return "tiny_wav2vec2_stock"
 
 
-def _train(config_dir: Path, config_name: str, data: Path, work: Path, max_update: Optional[int]) -> dict:
+def _train(config_dir: Path, config_name: str, data: Path, work: Path, max_update: Optional[int],
+           overrides: Sequence[str] = ()) -> dict:
     launcher = Path(sys.executable).parent / "ssl-mi-fairseq-hydra-train"
     command = [str(launcher) if launcher.exists() else sys.executable,
                *([] if launcher.exists() else ["-m", "ssl_mi_callback.integrations.fairseq.launcher"]),
@@ -696,6 +702,7 @@ def _train(config_dir: Path, config_name: str, data: Path, work: Path, max_updat
                f"task.data={data}", f"checkpoint.save_dir={work / 'ckpt'}", f"hydra.run.dir={work / 'hydra'}"]
     if max_update is not None:
         command.append(f"optimization.max_update={max_update}")
+    command.extend(overrides)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     # a small wrapper process forks the run, so ru_maxrss is the run's own peak (a child forked from
@@ -722,15 +729,17 @@ def _train(config_dir: Path, config_name: str, data: Path, work: Path, max_updat
     return {"wall_s": wall, "train_s": float(done[-1]) if done else None, "peak_rss_mb": int(rss_file.read_text()) / 1024, "evaluations": evals, "log": str(work / "train.log")}
 
 
-def bench_hook(data: Path, work: Path, repeats: int, max_update: Optional[int]) -> dict:
+def bench_hook(data: Path, work: Path, repeats: int, max_update: Optional[int], overrides: Sequence[str] = ()) -> dict:
+    """The tiny recipe with and without the hook, alternating; ``overrides`` (fairseq keys, e.g.
+    ``common.cpu=false``) go to both."""
     recipe = ROOT / "recipes/fairseq/tiny_wav2vec2.yaml"
     runs = {"with hook": [], "stock": []}
     if True:
         tmp = work / "hook_runs"
         stock_name = _stock_yaml(recipe, tmp / "configs")
         for i in range(repeats):  # alternate, so drifting machine load hits both alike
-            runs["with hook"].append(_train(recipe.parent, "tiny_wav2vec2", data, tmp / f"mi{i}", max_update))
-            runs["stock"].append(_train(tmp / "configs", stock_name, data, tmp / f"stock{i}", max_update))
+            runs["with hook"].append(_train(recipe.parent, "tiny_wav2vec2", data, tmp / f"mi{i}", max_update, overrides))
+            runs["stock"].append(_train(tmp / "configs", stock_name, data, tmp / f"stock{i}", max_update, overrides))
             print(f"[hook] pair {i}: with hook {runs['with hook'][-1]['wall_s']:.1f}s, stock {runs['stock'][-1]['wall_s']:.1f}s", flush=True)
     hook_train = statistics.median(r["train_s"] for r in runs["with hook"])
     stock_train = statistics.median(r["train_s"] for r in runs["stock"])
@@ -855,11 +864,24 @@ def _wav2vec2_update(model, optimizer, source: torch.Tensor, weights: Dict[str, 
     return float(loss.detach()) / sample_size, names
 
 
+def recipe_training(cfg: dict, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Dict[str, float], float]:
+    """What a base recipe's update needs: torch AdamW with the recipe's adam settings (fairseq's adam is
+    AdamW-style), the criterion's extra-loss weights by name, and the clip norm."""
+    import ast
+
+    opt_cfg = cfg["optimizer"]
+    betas = ast.literal_eval(str(opt_cfg.get("adam_betas", "(0.9, 0.999)")))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["optimization"]["lr"][0]), betas=tuple(betas),
+                                  eps=float(opt_cfg.get("adam_eps", 1e-8)), weight_decay=float(opt_cfg.get("weight_decay", 0.0)))
+    loss_weights = list(cfg["criterion"].get("loss_weights") or [])
+    weights = dict(zip(("prob_perplexity", "features_pen"), loss_weights)) if len(loss_weights) == 2 else {}
+    return optimizer, weights, float(cfg["optimization"].get("clip_norm", 0.0) or 0.0)
+
+
 def bench_base_overhead(corpus: Path, work: Path, repeats: int, quick: bool, utterances: Optional[int] = None) -> dict:
     """Hook overhead at the base recipes' defaults, estimated from two measured parts (CPU):
     one training update of wav2vec 2.0 base on the recipe's per-GPU batch, and one evaluation at the
     recipe's held-out size; overhead = evaluation / (validate_interval_updates x update)."""
-    import ast
     import resource
 
     import yaml
@@ -893,14 +915,9 @@ def bench_base_overhead(corpus: Path, work: Path, repeats: int, quick: bool, utt
     # ---- (1) one training update
     model = build_wav2vec2("base")
     params = sum(p.numel() for p in model.parameters())
+    optimizer, weights, clip_norm = recipe_training(main_cfg, model)
     opt_cfg = main_cfg["optimizer"]
-    betas = ast.literal_eval(str(opt_cfg.get("adam_betas", "(0.9, 0.999)")))
-    lr = float(main_cfg["optimization"]["lr"][0])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), eps=float(opt_cfg.get("adam_eps", 1e-8)),
-                                  weight_decay=float(opt_cfg.get("weight_decay", 0.0)))
-    loss_weights = list(main_cfg["criterion"].get("loss_weights") or [])
-    weights = dict(zip(("prob_perplexity", "features_pen"), loss_weights)) if len(loss_weights) == 2 else {}
-    clip_norm = float(main_cfg["optimization"].get("clip_norm", 0.0) or 0.0)
+    betas, lr = optimizer.defaults["betas"], optimizer.defaults["lr"]
     warm = source[:1, : min(n_samples, 32000)].clone()
     t0 = time.perf_counter()
     _, extra_names = _wav2vec2_update(model, optimizer, warm, weights, clip_norm)  # warm-up: allocator, Adam state, thread pools
@@ -1090,6 +1107,12 @@ def write_report(results: dict, out: Path) -> None:
                          f"{row['recipe']}, CPU{' (--quick: smoke run)' if bo.get('quick') else ''} | "
                          f"{'met' if row['met'] else 'missed'} ({row['overhead_percent']:.3g}%: one evaluation per "
                          f"{row['validate_interval_updates']} updates; see section 3b) |")
+    gpu_results = HERE / "results_gpu.md"
+    lines += ["", "GPU rows: " + ("measured by `python -m benchmarks.speed.gpu`, in [results_gpu.md](results_gpu.md)."
+                                  if gpu_results.exists() else
+                                  "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
+                                  "`benchmarks/speed/device/prepare.sh` here, `benchmarks/speed/device/run.sh` there) and writes "
+                                  "results_gpu.md; the pending rows below stay until then.")]
     lines.append("")
     notes = HERE / "results_notes.md"  # hand-written reading of the current run (kept by --report-only)
     if notes.exists() and out.resolve() == HERE:

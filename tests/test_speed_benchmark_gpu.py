@@ -1,0 +1,47 @@
+"""The GPU rows' command of the speed benchmark (benchmarks/speed/gpu.py, issue 4), run on the CPU in
+its smoke configuration: the same code that a GPU machine runs (held-out audio made from the corpus,
+evaluation in float32 and bfloat16, base-recipe overhead, k-means against plain Lloyd, the tiny recipe
+with and without the hook), so that a GPU session is not the first to run it. Timings of a CPU smoke
+run support no claim; only that every section works and reports finite numbers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import require
+from fairseq_runs import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_gpu_command_runs_every_section_on_the_cpu(speech_corpus, tmp_path):
+    require("fairseq")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "benchmarks.speed.gpu", "--device", "cpu", "--quick", "--repeats", "1",
+               "--corpus", str(speech_corpus), "--work", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results_gpu.json").read_text())
+    assert results["failures"] == {} and results["skipped_sections"] == [], results["failures"]
+    assert "variant" in results["heldout_note"]
+    evaluation = {row["dtype"]: row for row in results["evaluation"]}
+    assert set(evaluation) == {"float32", "bfloat16"}
+    for row in evaluation.values():
+        assert row["audio_seconds"] >= 29.0 and row["ratio_evaluate_to_forward"] >= 1.0
+        assert all(math.isfinite(row["seconds"][part]) for part in ("forward", "kmeans", "probe", "total"))
+        assert math.isfinite(row["mi_bits"]) and len(row["ci95"]) == 2
+    assert results["precision_agreement"]["half_width"] > 0
+    assert [row["precision"] for row in results["base_overhead"]] == ["float32 weights", "bfloat16 weights"]
+    assert all(0 < row["overhead_percent"] < 100 for row in results["base_overhead"])
+    (kmeans,) = results["kmeans"]
+    assert kmeans["ours_best_inertia_vs_plain"] <= 1.01  # k-means++ and Lloyd reach plain Lloyd's inertia
+    assert results["hook"]["mi_bits"] and all(math.isfinite(v) for v in results["hook"]["mi_bits"])
+    report = (out / "results_gpu.md").read_text()
+    for heading in ("## 1. One full evaluation", "## 2. Hook overhead", "## 3. k-means on the GPU", "## 4. The tiny fairseq recipe"):
+        assert heading in report
