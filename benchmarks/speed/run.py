@@ -358,7 +358,7 @@ def kmeans_iteration_profile(n: int, d: int, k: int, repeats: int, seed: int = 0
             onehot = torch.nn.functional.one_hot(lab, k).T.float()
             stats += (onehot @ part).double()
 
-    def row_norms_one_temporary():  # (chunk * chunk).sum(1) on a 16384-row temporary, as before 2026-11-26 15:00
+    def row_norms_one_temporary():  # (chunk * chunk).sum(1) on a 16384-row temporary, as before 2026-11-26 14:17
         for part in torch.split(x, chunk):
             (part * part).sum(1)
 
@@ -1342,7 +1342,7 @@ def write_report(results: dict, out: Path) -> None:
             lines += [f"Where one OnlineKMeans Lloyd iteration goes (N={prof['N']}, D={prof['D']}, K={prof['K']}, median s"
                       + (f", from run {prof['run']}" if prof.get("run") else "") + "): the parts re-enact, standalone, the steps of the "
                       "implementations before the optimisations of 2026-11-26 05:48 (exact-distance pass, float64 index_add, element-wise "
-                      "isfinite, float64 variance: see the older runs below) and 15:00 (row norms from one chunk-sized temporary) "
+                      "isfinite, float64 variance: see the older runs below) and 14:17 (row norms from one chunk-sized temporary) "
                       "next to their cheaper replacements; the 'total' row is today's real call.", "", "| part | seconds |", "|---|---|"]
             lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
                       for key, value in prof.items() if key not in ("N", "D", "K", "run")]
