@@ -171,8 +171,7 @@ def _name_position_control(result: dict) -> dict:
 
 
 def _finite_per_utterance(masked: torch.Tensor, unmasked: torch.Tensor) -> torch.Tensor:
-    """[B] bool on the features' device: True where both [B, F, D] views of the utterance are finite
-    (no host sync: the check is read once, after the last batch)."""
+    """[B] bool on the features' device: True where both [B, F, D] views of the utterance are finite."""
     return torch.isfinite(masked).flatten(1).all(dim=1) & torch.isfinite(unmasked).flatten(1).all(dim=1)
 
 
@@ -336,13 +335,14 @@ class Evaluator:
         mask_config = self.config.mask_config()
         masks = torch.stack([span_mask(num_frames, mask_config, u.uid) for u in batch.utterances])
         masked, unmasked = self.adapter.extract_views(model, waveforms, masks, layers)
-        _check_frames(self.adapter.name, unmasked, len(batch.utterances), num_frames)
+        for view in (masked, unmasked):  # pairs are taken by index: a view of another shape must stop here
+            _check_frames(self.adapter.name, view, len(batch.utterances), num_frames)
         return masked, unmasked, masks, unmasked
 
     def _local_features(
         self, model: torch.nn.Module, layers: list[int], unmasked_sink: Optional[UnmaskedSink] = None
     ) -> list[BatchPairs]:
-        results, finite_checks = [], []
+        results = []
         device = _model_device(model)
         for batch in self.batches[self.rank :: self.world_size]:
             first, second, pairs, unmasked = self._batch_views(model, batch, layers)
@@ -352,17 +352,13 @@ class Evaluator:
             utterance, frame = _to_device_without_sync(pair_rows, device).unbind(1)
             per_layer = {}
             for layer in layers:  # integer indices, not a boolean mask: a mask makes the host wait to size the result
-                finite_checks.append((layer, batch.utterances, _finite_per_utterance(first[layer], second[layer])))
-                per_layer[layer] = (first[layer][utterance, frame].float(), second[layer][utterance, frame].float())
+                _check_finite(layer, batch.utterances, _finite_per_utterance(first[layer], second[layer]))
+                za, zb = first[layer][utterance, frame].float(), second[layer][utterance, frame].float()
+                per_layer[layer] = (za.cpu(), zb.cpu()) if self.world_size > 1 else (za, zb)  # the gather pickles CPU tensors
             groups = torch.repeat_interleave(torch.tensor([u.index for u in batch.utterances]), pairs.sum(dim=1))
             frame_index = pair_rows[:, 1]
             num_frames = torch.full_like(frame_index, self.adapter.num_frames(model, batch.num_samples))
             results.append(BatchPairs(batch.index, per_layer, groups, frame_index, num_frames))
-        for layer, utterances, finite in finite_checks:  # the flags are read after the last forward
-            _check_finite(layer, utterances, finite)
-        if self.world_size > 1:  # the gather pickles CPU tensors
-            for item in results:
-                item.per_layer.update({layer: (za.cpu(), zb.cpu()) for layer, (za, zb) in item.per_layer.items()})
         return results
 
     def _gather_or_raise(self, local: object) -> list:

@@ -146,3 +146,20 @@ def test_features_that_disagree_with_num_frames_get_a_clear_error(subset, one_to
     wrong = FunctionAdapter(lambda model, waveforms: model.layer_outputs(waveforms), num_layers=2, frame_hop=HOP)
     with pytest.raises(EvaluationError, match=r"expected \[1, 25, dim\] \(its num_frames disagrees with its features\)"):
         evaluator(subset, wrong).evaluate(TinyAPC())
+
+
+def test_a_masked_view_of_another_shape_gets_a_clear_error(subset, one_torch_thread):
+    """Frame pairs are taken by index from both views: a masked view one frame short must stop with the
+    adapter's shape error (not an index error, or a device-side assert on a GPU)."""
+    from ssl_mi_callback.evaluator import EvaluationError
+
+    class ShortMaskedView(type(apc_adapter(causal=False))):
+        def extract_views(self, model, waveforms, frame_mask, layers):
+            masked, unmasked = super().extract_views(model, waveforms, frame_mask, layers)
+            return {layer: value[:, :-1] for layer, value in masked.items()}, unmasked
+
+    good = apc_adapter(causal=False)
+    short = ShortMaskedView(good.features_fn, num_layers=2, frame_hop=HOP, frame_length=N_FFT,
+                            num_frames=good._num_frames)
+    with pytest.raises(EvaluationError, match=r"the function adapter returned layer 1 features of shape .*its num_frames disagrees"):
+        evaluator(subset, short, views="masked").evaluate(TinyAPC())

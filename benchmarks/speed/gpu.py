@@ -14,9 +14,10 @@ what it measured; ``DIR/results_gpu.md`` is the table:
    value against the float32 one and its 95% interval (mixed precision may be used where it does not
    move the result beyond its interval).
 2. ``base_overhead``: the hook's training overhead at the base recipes' defaults, from one training
-   update of the base model on the recipe's per-GPU batch (float32, and bfloat16 autocast) and one
-   evaluation of the recipe's ``mi_max_seconds`` of audio in the same precision: evaluation /
-   (validate_interval_updates x update) (target <= 2%).
+   update of the base model on the recipe's per-GPU batch (float32 weights, and bfloat16 weights with
+   AdamW on them: fairseq's ``common.bf16`` also keeps float32 master weights, so this update is a
+   little cheaper and the overhead errs high) and one evaluation of the recipe's ``mi_max_seconds`` of
+   audio in the same precision: evaluation / (validate_interval_updates x update) (target <= 2%).
 3. ``kmeans``: ``OnlineKMeans.fit`` on the GPU (time and inertia per ``max_iter``) next to a plain
    torch Lloyd loop (random initial centres, 20 iterations) on the same data, the issue's reference.
 4. ``hook``: the tiny fairseq recipe on the GPU with ``common.fp16=true``, with and without the hook
@@ -24,7 +25,8 @@ what it measured; ``DIR/results_gpu.md`` is the table:
 
 The hour of held-out audio is made from the corpus: every utterance of every split, then variants of
 each (mixed with another utterance at 0.3 of its amplitude) until ``--eval-seconds`` are reached (a
-12-minute corpus gives 5 variants); the forward's cost depends on the audio's length, not its content.
+12-minute corpus: the originals and 4 variants, the last one partly); the forward's cost depends on
+the audio's length, not its content.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ def heldout_of(corpus: Path, out_dir: Path, seconds: float, sample_rate: int = 1
         variant += 1
     manifest.write_text("\n".join(lines) + "\n")
     note = (f"{total / sample_rate:.0f} s: the {len(waveforms)} utterances of {corpus.name} ({corpus_seconds:.0f} s, "
-            f"splits {', '.join(SPLITS)}) and {variant - 1} variant(s) of each, mixed with another utterance at 0.3 amplitude")
+            f"splits {', '.join(SPLITS)}) and up to {variant - 1} variant(s) of each (the last one partly), mixed with "
+            "another utterance at 0.3 amplitude")
     note_file.write_text(note)
     return manifest, note
 
@@ -145,7 +148,7 @@ def bench_evaluation(heldout: Path, seconds: float, dtype: torch.dtype, device: 
 
 def precision_agreement(rows: List[dict]) -> Optional[dict]:
     """bfloat16's selection value against float32's and its 95% interval (same audio, masks, seeds)."""
-    by_dtype = {row["dtype"]: row for row in rows if "mi_bits" in row}
+    by_dtype = {row["dtype"]: row for row in rows if "mi_bits" in row and len(row.get("ci95") or []) == 2}
     if not {"float32", "bfloat16"} <= set(by_dtype):
         return None
     reference, low_precision = by_dtype["float32"], by_dtype["bfloat16"]
@@ -250,8 +253,8 @@ def write_report(results: dict, out: Path) -> None:
              f"Python {m['python']}. Held-out audio: {results.get('heldout_note', '-')}.", ""]
     def table(title: str, intro: str, header: List[str], rows: List[dict], render: Callable[[dict], str]) -> None:
         lines.extend([title, "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
-        lines.extend(f"| failed: {row['skipped']} |" + " |" * (len(header) - 1) if "skipped" in row else render(row)
-                     for row in rows)
+        lines.extend(f"| failed: {row['skipped'].replace('|', '/')} |" + " |" * (len(header) - 1) if "skipped" in row
+                     else render(row) for row in rows)
         lines.append("")
 
     def evaluation_row(row: dict) -> str:
@@ -339,6 +342,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     from ssl_mi_callback.integrations.fairseq import compat
 
     compat.apply()
+    # fairseq's hydra changes into its run folder: the paths the hook runs get must not be relative
+    args.corpus, args.work, args.out = args.corpus.resolve(), args.work.resolve(), args.out.resolve()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no GPU (use --device cpu for a smoke run)")

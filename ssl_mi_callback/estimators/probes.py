@@ -324,6 +324,7 @@ class LinearProbe(_Probe):
 
         optimizer.step(closure)
         n_iter = int(optimizer.state[weight].get("n_iter", 0))
+        weight.grad = bias.grad = None
         return weight, bias, n_iter
 
     def _cross_validate(

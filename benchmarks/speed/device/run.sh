@@ -9,7 +9,8 @@
 # It installs fairseq from .device/wheels (install.sh), names the GPU, and runs
 # `python3 -m benchmarks.speed.gpu --corpus .device/corpus --out $OUT` (sections evaluation,
 # base_overhead, kmeans, hook; a section is not started after BUDGET_S seconds, default 360, so the
-# whole call stays under the device's 10-minute limit). Results: $OUT/results_gpu.md (the table to
+# whole call stays under the device's 10-minute limit; LIMIT_S, default 540, stops it regardless: the
+# sections finished by then are already saved). Results: $OUT/results_gpu.md (the table to
 # copy into benchmarks/speed/), results_gpu.json, log.txt, gpu.txt. Environment: BUDGET_S,
 # SECTIONS (default all), EVAL_SECONDS (default 3600).
 set -uo pipefail
@@ -18,7 +19,7 @@ mkdir -p "$out"
 # shellcheck source=install.sh
 source benchmarks/speed/device/install.sh || exit 2
 { nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -V; } > "$out/gpu.txt" 2>&1
-python3 -m benchmarks.speed.gpu --corpus .device/corpus --out "$out" --work /tmp/ssl_mi_gpu_bench \
+timeout "${LIMIT_S:-540}" python3 -m benchmarks.speed.gpu --corpus .device/corpus --out "$out" --work /tmp/ssl_mi_gpu_bench \
   --budget-s "${BUDGET_S:-360}" --eval-seconds "${EVAL_SECONDS:-3600}" \
   --sections "${SECTIONS:-evaluation,base_overhead,kmeans,hook}" > "$out/log.txt" 2>&1
 status=$?
