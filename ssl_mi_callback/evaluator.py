@@ -170,13 +170,9 @@ def _name_position_control(result: dict) -> dict:
     return {_POSITION_NAMES.get(key, key): value for key, value in result.items()}
 
 
-def _finite_per_utterance(masked: torch.Tensor, unmasked: torch.Tensor) -> torch.Tensor:
-    """[B] bool on the features' device: True where both [B, F, D] views of the utterance are finite."""
-    return torch.isfinite(masked).flatten(1).all(dim=1) & torch.isfinite(unmasked).flatten(1).all(dim=1)
-
-
-def _check_finite(layer: int, utterances: Sequence, finite: torch.Tensor) -> None:
-    """Raise one line naming the utterances whose layer features hold NaN/inf (``finite``: [B] bool)."""
+def _check_finite(layer: int, utterances: Sequence, masked: torch.Tensor, unmasked: torch.Tensor) -> None:
+    """Raise one line naming the utterances whose layer features hold NaN/inf ([B, F, D] views)."""
+    finite = torch.isfinite(masked).flatten(1).all(dim=1) & torch.isfinite(unmasked).flatten(1).all(dim=1)
     if bool(finite.all()):
         return
     bad = [u.uid for u, ok in zip(utterances, finite.tolist()) if not ok]
@@ -197,13 +193,6 @@ def _check_frames(adapter: str, features: dict[int, torch.Tensor], batch_size: i
                 f"the {adapter} adapter returned layer {layer} features of shape {tuple(value.shape)}, expected "
                 f"[{batch_size}, {num_frames}, dim] (its num_frames disagrees with its features)"
             )
-
-
-def _to_device_without_sync(index: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU tensor on ``device``; to a GPU from pinned memory, so the copy does not wait for the stream."""
-    if device.type == "cuda":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -349,10 +338,10 @@ class Evaluator:
             if unmasked_sink is not None:
                 unmasked_sink(batch, unmasked)
             pair_rows = torch.nonzero(pairs)  # (utterance, frame) of every pair, row-major; pairs is on the CPU
-            utterance, frame = _to_device_without_sync(pair_rows, device).unbind(1)
+            utterance, frame = pair_rows.to(device).unbind(1)
             per_layer = {}
-            for layer in layers:  # integer indices, not a boolean mask: a mask makes the host wait to size the result
-                _check_finite(layer, batch.utterances, _finite_per_utterance(first[layer], second[layer]))
+            for layer in layers:
+                _check_finite(layer, batch.utterances, first[layer], second[layer])
                 za, zb = first[layer][utterance, frame].float(), second[layer][utterance, frame].float()
                 per_layer[layer] = (za.cpu(), zb.cpu()) if self.world_size > 1 else (za, zb)  # the gather pickles CPU tensors
             groups = torch.repeat_interleave(torch.tensor([u.index for u in batch.utterances]), pairs.sum(dim=1))

@@ -52,11 +52,9 @@ SPLITS = ("train", "valid", "heldout", "probe_train", "probe_test")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-
-def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, object]:
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """Seconds of one call (a GPU synchronised before and after) and its result."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     sync()
     started = time.perf_counter()
     value = fn()
@@ -108,44 +106,6 @@ def heldout_of(corpus: Path, out_dir: Path, seconds: float, sample_rate: int = 1
 
 
 # ----------------------------------------------------------------------------------- 1. evaluation
-def bench_evaluation(heldout: Path, seconds: float, dtype: torch.dtype, device: torch.device, repeats: int,
-                     kind: str = "base") -> dict:
-    """Evaluator.evaluate of wav2vec 2.0 ``kind`` on ``seconds`` of ``heldout``: the first call (warm-up:
-    kernels, allocator) reported apart, then the medians of ``repeats`` calls."""
-    from ssl_mi_callback.data import load_heldout
-    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
-    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
-
-    sync = synchronizer(device)
-    model = cpu_bench.build_wav2vec2(kind).to(device=device, dtype=dtype)
-    load_s, subset = timed(lambda: load_heldout(heldout, max_seconds=seconds, max_utterance_seconds=15.0), sync)
-    evaluator = Evaluator(EvaluationConfig(mask_length=10), subset, FairseqMaskedPredictionAdapter())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    calls = []
-    for _ in range(repeats + 1):
-        store: dict = {}
-        with cpu_bench.estimator_timers(store, sync):
-            record = evaluator.evaluate(model)
-        seconds_of = dict(record["seconds"], kmeans=store.get("kmeans", 0.0), probe=store.get("probe", 0.0))
-        seconds_of["estimators_other"] = seconds_of["estimators"] - seconds_of["kmeans"] - seconds_of["probe"]
-        calls.append(seconds_of)
-    timed_calls = calls[1:]
-    median = {key: statistics.median(call[key] for call in timed_calls) for key in timed_calls[0]}
-    metrics = record["metrics"]
-    return {
-        "model": f"wav2vec2 {kind}", "dtype": str(dtype).replace("torch.", ""),
-        "audio_seconds": round(subset.total_seconds, 1), "utterances": len(subset.utterances),
-        "frames_masked": record["subset"]["frames"], "load_s": load_s, "seconds": median, "first_call": calls[0],
-        "repeats": repeats, "ratio_evaluate_to_forward": median["total"] / median["forward"],
-        "ratio_with_loading_to_forward": (median["total"] + load_s) / median["forward"],
-        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "mi_bits": metrics["mi_bits"],
-        "ci95": [metrics.get(k) for k in sorted(metrics) if k.startswith("mi_given_position_ci95_")] or
-                [metrics.get(k) for k in sorted(metrics) if k.startswith("mi_ci95_")],
-    }
-
-
 def precision_agreement(rows: List[dict]) -> Optional[dict]:
     """bfloat16's selection value against float32's and its 95% interval (same audio, masks, seeds)."""
     by_dtype = {row["dtype"]: row for row in rows if "mi_bits" in row and len(row.get("ci95") or []) == 2}
@@ -167,7 +127,6 @@ def bench_base_overhead(corpus: Path, heldout: Path, device: torch.device, repea
     model writes its float mask embedding into the features). ``quick``: the tiny model, small sizes."""
     import yaml
 
-    sync = synchronizer(device)
     recipe = yaml.safe_load((cpu_bench.ROOT / "recipes/fairseq" / f"{cpu_bench.BASE_RECIPES[0]}.yaml").read_text())
     max_sample = int(recipe["task"]["max_sample_size"])
     utterances = 1 if quick else int(recipe["dataset"]["max_tokens"]) // max_sample
@@ -186,12 +145,12 @@ def bench_base_overhead(corpus: Path, heldout: Path, device: torch.device, repea
         def update(audio: torch.Tensor) -> float:
             return cpu_bench._wav2vec2_update(model, optimizer, audio, weights, clip_norm)[0]
 
-        timed(lambda: update(batch[:1, :32000]), sync)  # warm-up
-        times = [timed(lambda: update(batch), sync)[0] for _ in range(repeats)]
+        timed(lambda: update(batch[:1, :32000]), device)  # warm-up
+        times = [timed(lambda: update(batch), device)[0] for _ in range(repeats)]
         del model, optimizer, batch
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        evaluation = bench_evaluation(heldout, mi_seconds, dtype, device, repeats=1, kind=kind)
+        evaluation = cpu_bench.bench_evaluation(heldout, kind, mi_seconds, 1, device, dtype, warmup=True)
         update_s = statistics.median(times)
         eval_s = evaluation["seconds"]["total"]
         rows.append({"model": f"wav2vec2 {kind}", "precision": f"{name} weights",
@@ -218,17 +177,16 @@ def plain_lloyd(x: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Te
 def bench_kmeans(grid: List[tuple], device: torch.device, levels: List[int]) -> List[dict]:
     from ssl_mi_callback.estimators import OnlineKMeans
 
-    sync = synchronizer(device)
     rows = []
     for n, d, k in grid:
         x = torch.from_numpy(cpu_bench.gaussian_mixture(n, d, components=k, seed=0)).to(device)
         OnlineKMeans(k, seed=0, max_iter=1).fit(x[: max(4 * k, 2000)])  # warm-up
-        reference_s, centers = timed(lambda: plain_lloyd(x, k, 20, seed=0), sync)
-        reference_s = min(reference_s, timed(lambda: plain_lloyd(x, k, 20, seed=0), sync)[0])
+        reference_s, centers = timed(lambda: plain_lloyd(x, k, 20, seed=0), device)
+        reference_s = min(reference_s, timed(lambda: plain_lloyd(x, k, 20, seed=0), device)[0])
         reference = cpu_bench.inertia_of(x, centers)
         curve = []
         for level in levels:
-            seconds, model = timed(lambda: OnlineKMeans(k, seed=0, max_iter=level).fit(x), sync)
+            seconds, model = timed(lambda: OnlineKMeans(k, seed=0, max_iter=level).fit(x), device)
             curve.append({"max_iter": level, "seconds": seconds, "inertia": cpu_bench.inertia_of(x, model.cluster_centers_),
                           "n_iter": model.n_iter_})
         reached = next((p for p in curve if p["inertia"] <= reference * 1.01), None)
@@ -259,7 +217,7 @@ def write_report(results: dict, out: Path) -> None:
 
     def evaluation_row(row: dict) -> str:
         s, ratio = row["seconds"], row["ratio_evaluate_to_forward"]
-        return (f"| {row['model']} | {row['dtype']} | {row['audio_seconds']} | {row['frames_masked']} | {_f(row['load_s'])} | "
+        return (f"| {row['model'].split(' (')[0]} | {row['dtype']} | {row['audio_seconds']} | {row['frames_masked']} | {_f(s['load_heldout'])} | "
                 f"{_f(s['forward'])} | {_f(s['kmeans'])} | {_f(s['probe'])} | {_f(s['estimators_other'])} | {_f(s['baselines'])} | "
                 f"{_f(s['total'])} | **{ratio:.2f}** | {_f(row['first_call']['total'])} | {_f(row['peak_gpu_memory_mb'], 0)} | "
                 f"{'met' if ratio <= 1.25 else 'missed'} |")
@@ -371,7 +329,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows = []
         for name, dtype in DTYPES.items():
             try:
-                rows.append(bench_evaluation(heldout(), eval_seconds, dtype, device, args.repeats, "tiny" if args.quick else "base"))
+                rows.append(cpu_bench.bench_evaluation(heldout(), "tiny" if args.quick else "base", eval_seconds, args.repeats,
+                                                       device, dtype, warmup=True))
             except Exception as error:  # keep the other precision
                 rows.append({"dtype": name, "skipped": f"{type(error).__name__}: {error}"})
                 results["failures"][f"evaluation {name}"] = traceback.format_exc(limit=3)

@@ -638,20 +638,29 @@ def build_wav2vec2(kind: str):
     return model
 
 
-def bench_evaluation(heldout: Path, kind: str, max_seconds: float, repeats: int) -> dict:
+def bench_evaluation(heldout: Path, kind: str, max_seconds: float, repeats: int, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32, warmup: bool = False) -> dict:
+    """Evaluator.evaluate of a random-init wav2vec 2.0 ``kind`` on ``max_seconds`` of ``heldout``, its
+    weights on ``device`` in ``dtype``: medians of ``repeats`` calls, split by stage (a GPU is
+    synchronised before every clock read); ``warmup``: one call first, reported apart (kernels,
+    allocator)."""
     from ssl_mi_callback.data import load_heldout
     from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
-    model = build_wav2vec2(kind)
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    model = build_wav2vec2(kind).to(device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     load_s, subset = median_time(lambda: load_heldout(heldout, max_seconds=max_seconds, max_utterance_seconds=15.0), repeats)
     config = EvaluationConfig(mask_length=5 if kind == "tiny" else 10)  # tiny recipe / base defaults
     evaluator = Evaluator(config, subset, FairseqMaskedPredictionAdapter())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     records = []
-    for _ in range(repeats):
+    for _ in range(repeats + int(warmup)):
         store: dict = {}
-        with estimator_timers(store):
+        with estimator_timers(store, sync):
             record = evaluator.evaluate(model)
         seconds = dict(record["seconds"])
         seconds["kmeans"] = store.get("kmeans")
@@ -659,22 +668,30 @@ def bench_evaluation(heldout: Path, kind: str, max_seconds: float, repeats: int)
         if seconds["kmeans"] is not None and seconds["probe"] is not None:
             seconds["estimators_other"] = seconds["estimators"] - seconds["kmeans"] - seconds["probe"]
         records.append(seconds)
+    first_call, records = (records[0], records[1:]) if warmup else (None, records)
     med = {key: statistics.median([r[key] for r in records if r.get(key) is not None])
            for key in records[0] if any(r.get(key) is not None for r in records)}
     med["load_heldout"] = load_s
     whole = med["total"] + load_s
+    metrics = record["metrics"]
     result = {
         "model": f"wav2vec2 {kind} ({params / 1e6:.2f} M params, random init)",
+        "dtype": str(dtype).replace("torch.", ""),
         "audio_seconds": round(subset.total_seconds, 1),
         "utterances": len(subset.utterances),
         "frames_masked": record["subset"]["frames"],
         "seconds": med,
+        "first_call": first_call,
         "ratio_evaluate_to_forward": med["total"] / med["forward"],
         "ratio_with_loading_to_forward": whole / med["forward"],
         "repeats": repeats,
-        "mi_bits": record["metrics"]["mi_bits"],
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "mi_bits": metrics["mi_bits"],
+        "ci95": [metrics[k] for k in sorted(metrics) if k.startswith("mi_given_position_ci95_")]
+                or [metrics[k] for k in sorted(metrics) if k.startswith("mi_ci95_")],
     }
-    print(f"[evaluation] {kind}: {json.dumps({k: round(v, 3) for k, v in med.items()})} ratio {result['ratio_evaluate_to_forward']:.2f}", flush=True)
+    print(f"[evaluation] {kind} {result['dtype']}: {json.dumps({k: round(v, 3) for k, v in med.items()})} "
+          f"ratio {result['ratio_evaluate_to_forward']:.2f}", flush=True)
     return result
 
 
@@ -734,13 +751,12 @@ def bench_hook(data: Path, work: Path, repeats: int, max_update: Optional[int], 
     ``common.cpu=false``) go to both."""
     recipe = ROOT / "recipes/fairseq/tiny_wav2vec2.yaml"
     runs = {"with hook": [], "stock": []}
-    if True:
-        tmp = work / "hook_runs"
-        stock_name = _stock_yaml(recipe, tmp / "configs")
-        for i in range(repeats):  # alternate, so drifting machine load hits both alike
-            runs["with hook"].append(_train(recipe.parent, "tiny_wav2vec2", data, tmp / f"mi{i}", max_update, overrides))
-            runs["stock"].append(_train(tmp / "configs", stock_name, data, tmp / f"stock{i}", max_update, overrides))
-            print(f"[hook] pair {i}: with hook {runs['with hook'][-1]['wall_s']:.1f}s, stock {runs['stock'][-1]['wall_s']:.1f}s", flush=True)
+    tmp = work / "hook_runs"
+    stock_name = _stock_yaml(recipe, tmp / "configs")
+    for i in range(repeats):  # alternate, so drifting machine load hits both alike
+        runs["with hook"].append(_train(recipe.parent, "tiny_wav2vec2", data, tmp / f"mi{i}", max_update, overrides))
+        runs["stock"].append(_train(tmp / "configs", stock_name, data, tmp / f"stock{i}", max_update, overrides))
+        print(f"[hook] pair {i}: with hook {runs['with hook'][-1]['wall_s']:.1f}s, stock {runs['stock'][-1]['wall_s']:.1f}s", flush=True)
     hook_train = statistics.median(r["train_s"] for r in runs["with hook"])
     stock_train = statistics.median(r["train_s"] for r in runs["stock"])
     hook_wall = statistics.median(r["wall_s"] for r in runs["with hook"])

@@ -21,12 +21,15 @@ _ROW_BLOCK = 1024
 """Rows per element-wise temporary (x * x): a chunk-sized one costs more to allocate than to compute."""
 
 
+def _row_blocks(x: Tensor, gpu_rows: int) -> Tuple[Tensor, ...]:
+    """``x`` split for element-wise temporaries: ``_ROW_BLOCK`` rows on the CPU, ``gpu_rows`` on a GPU
+    (where small blocks would only add kernel launches)."""
+    return torch.split(x, _ROW_BLOCK if x.device.type == "cpu" else max(gpu_rows, 1))
+
+
 def _row_squared_norms(x: Tensor) -> Tensor:
-    """||x_i||^2 per row; on the CPU ``_ROW_BLOCK`` rows at a time (the same sums), on a GPU in one
-    kernel (blocks would only add launches)."""
-    if x.device.type != "cpu":
-        return (x * x).sum(1)
-    return torch.cat([(block * block).sum(1) for block in torch.split(x, _ROW_BLOCK)])
+    """||x_i||^2 per row (the same sums whatever the blocks)."""
+    return torch.cat([(block * block).sum(1) for block in _row_blocks(x, x.shape[0])])
 
 
 def kmeans_plusplus(
@@ -292,7 +295,7 @@ class OnlineKMeans:
     def _mean_variance(self, x: Tensor, reduce: ReduceFn) -> float:
         """Mean over dimensions of the variance of ``x`` (all processes)."""
         moments = torch.zeros(2 * x.shape[1] + 1, dtype=torch.float64, device=x.device)
-        for block in torch.split(x, _ROW_BLOCK):  # only sets the tolerance
+        for block in _row_blocks(x, check_int(self.chunk_size, "chunk_size", 1)):  # only sets the tolerance
             moments[: 2 * x.shape[1]] += torch.cat([block.sum(0), (block * block).sum(0)]).double()
         moments[-1] = x.shape[0]
         moments = reduce(moments)
