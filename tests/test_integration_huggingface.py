@@ -166,7 +166,7 @@ def test_trainer_keeps_and_reloads_the_best_mi_checkpoint(first_run):
     # the selector's state travels in every checkpoint's trainer_state.json
     saved = json.loads((output_dir / "checkpoint-30" / "trainer_state.json").read_text())["stateful_callbacks"]
     assert saved["MITrainerCallback"]["mi"]["selector"]["last_step"] == 30
-    assert saved["MITrainerCallback"]["args"]["evaluation"]["clusters"] == 8
+    assert saved["MITrainerCallback"]["args"]["config"]["clusters"] == 8
 
 
 @pytest.mark.parametrize("restore_callback_states", [False, True])
@@ -250,7 +250,17 @@ def test_misconfiguration_is_refused_at_construction(tiny_corpus, tmp_path):
     assert [selection_metric(m) for m in ("mi_bits", "eval_mi_bits", "eval_valid_mi_bits_l4", "eval_mi_given_position_bits_l2",
                                           "eval_loss", None)] == ["mi_bits", "mi_bits", "mi_bits_l4", "mi_given_position_bits_l2", None, None]
     rebuilt = MITrainerCallback(**json.loads(json.dumps(callback.state()["args"])))  # how the Trainer restores it
-    assert rebuilt.evaluation == callback.evaluation and rebuilt.subset.fingerprint() == callback.subset.fingerprint()
+    assert rebuilt.config == callback.config and rebuilt.subset.fingerprint() == callback.subset.fingerprint()
+    # a trainer_state.json saved before the rename holds the former argument names: still rebuilt
+    former = {("evaluation" if key == "config" else "history" if key == "history_path" else key): value
+              for key, value in json.loads(json.dumps(callback.state()["args"])).items()}
+    with pytest.warns(FutureWarning) as caught:
+        rebuilt = MITrainerCallback(**former)
+    assert sorted(str(warning.message) for warning in caught) == [
+        "MITrainerCallback(evaluation=...) is now config=...", "MITrainerCallback(history=...) is now history_path=..."]
+    assert rebuilt.config == callback.config and rebuilt.history_path == callback.history_path == "mi_history.jsonl"
+    with pytest.raises(TypeError, match="both history_path= and its former name history="):
+        MITrainerCallback(tiny_corpus / "heldout.tsv", history_path="a.jsonl", history="b.jsonl")
 
 
 def test_an_evaluation_that_cannot_work_stops_training_before_the_first_step(tiny_corpus, tmp_path):
@@ -314,7 +324,7 @@ def test_two_process_ddp_logs_the_one_process_value_and_writes_one_history(tiny_
     assert history[-1]["metrics"]["mi_bits"] == pytest.approx(ranks[0]["logged"]["10"]["eval_mi_bits"], abs=1e-6)
 
     model = Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "final").eval()
-    config = mi_callback(tiny_corpus).evaluation
+    config = mi_callback(tiny_corpus).config
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -46,6 +46,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -80,6 +81,16 @@ def selection_metric(metric_for_best_model: Optional[str]) -> Optional[str]:
     return match.group(1) if match else None
 
 
+def _renamed(old_name: str, old_value: Any, new_name: str, new_value: Any, default: Any) -> Any:
+    """``new_value``, or ``old_value`` given under a constructor argument's former name (a FutureWarning)."""
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise TypeError(f"MITrainerCallback got both {new_name}= and its former name {old_name}=; give only {new_name}=")
+    warnings.warn(f"MITrainerCallback({old_name}=...) is now {new_name}=...", FutureWarning, stacklevel=3)
+    return old_value
+
+
 def _metric_prefix(metrics: Mapping[str, Any]) -> str:
     """The Trainer's ``metric_key_prefix`` of ``metrics`` (every evaluation reports ``{prefix}_runtime``)."""
     for key in metrics:
@@ -92,40 +103,48 @@ class MITrainerCallback(TrainerCallback, ExportableState):
     """Scores the model at every Trainer evaluation; the Trainer can select checkpoints by ``mi_bits``.
 
     ``heldout``: a fairseq manifest (.tsv), a folder of audio or a list of paths of UNLABELED held-out
-    speech kept out of training (16 kHz after loading). ``evaluation``: the estimator settings
-    (:class:`~ssl_mi_callback.evaluator.EvaluationConfig` or its dict). ``history``: the JSON-lines
-    history (relative: inside ``args.output_dir``). ``max_seconds`` / ``max_utterance_seconds`` cap
-    the held-out audio. ``normalize``: scale each utterance to zero mean and unit variance first (for
-    models trained on ``do_normalize=True`` input). ``strict``: re-raise evaluation errors instead of
-    recording them as failed.
+    speech kept out of training (16 kHz after loading). ``config``: the estimator settings
+    (:class:`~ssl_mi_callback.evaluator.EvaluationConfig` or its dict). ``history_path``: the
+    JSON-lines history (relative: inside ``args.output_dir``). ``max_seconds`` /
+    ``max_utterance_seconds`` cap the held-out audio. ``normalize``: scale each utterance to zero mean
+    and unit variance first (for models trained on ``do_normalize=True`` input). ``strict``: re-raise
+    evaluation errors instead of recording them as failed. The names are those of
+    :meth:`MICallback.create <ssl_mi_callback.callback.MICallback.create>` and
+    :meth:`MILightningCallback.create <ssl_mi_callback.integrations.lightning.MILightningCallback.create>`;
+    the former names ``evaluation`` and ``history`` are still accepted (with a ``FutureWarning``), so
+    that the Trainer can rebuild the callback from a ``trainer_state.json`` saved before the rename.
     """
 
     def __init__(
         self,
         heldout: Union[str, os.PathLike, list],
-        evaluation: Union[EvaluationConfig, Mapping[str, Any], None] = None,
+        config: Union[EvaluationConfig, Mapping[str, Any], None] = None,
         *,
-        history: str = "mi_history.jsonl",
+        history_path: Union[str, os.PathLike] = "mi_history.jsonl",
         max_seconds: Optional[float] = 300.0,
         max_utterance_seconds: Optional[float] = 15.0,
         normalize: bool = False,
         strict: bool = False,
+        evaluation: Union[EvaluationConfig, Mapping[str, Any], None] = None,
+        history: Optional[str] = None,
     ) -> None:
-        if evaluation is None:
-            evaluation = EvaluationConfig()
-        elif not isinstance(evaluation, EvaluationConfig):
-            unknown = sorted(set(evaluation) - set(EvaluationConfig.__dataclass_fields__))
+        config = _renamed("evaluation", evaluation, "config", config, None)
+        history_path = _renamed("history", history, "history_path", history_path, "mi_history.jsonl")
+        if config is None:
+            config = EvaluationConfig()
+        elif not isinstance(config, EvaluationConfig):
+            unknown = sorted(set(config) - set(EvaluationConfig.__dataclass_fields__))
             if unknown:
                 raise ValueError(
                     f"unknown evaluation settings {unknown}; known: {', '.join(EvaluationConfig.__dataclass_fields__)}"
                 )
-            evaluation = EvaluationConfig.from_settings(dict(evaluation))
-        evaluation.validate()
-        if not str(history).strip():
-            raise ValueError("history is empty: give a file name such as mi_history.jsonl")
+            config = EvaluationConfig.from_settings(dict(config))
+        config.validate()
+        if not str(history_path).strip():
+            raise ValueError("history_path is empty: give a file name such as mi_history.jsonl")
         self.heldout = [str(path) for path in heldout] if isinstance(heldout, list) else str(heldout)
-        self.evaluation = evaluation
-        self.history = str(history)
+        self.config = config
+        self.history_path = str(history_path)
         self.max_seconds = max_seconds
         self.max_utterance_seconds = max_utterance_seconds
         self.normalize = bool(normalize)
@@ -133,7 +152,7 @@ class MITrainerCallback(TrainerCallback, ExportableState):
         self.subset = load_heldout(self.heldout, max_seconds=max_seconds, max_utterance_seconds=max_utterance_seconds)
         logger.info("MI held-out subset: %s", self.subset.describe())
         self.mi: Optional[MICallback] = None
-        self.history_path: Optional[Path] = None
+        self.history_file: Optional[Path] = None  # history_path resolved against args.output_dir
         self._scheduled_step: Optional[int] = None
 
     # --- ExportableState ---------------------------------------------------------------------------
@@ -142,8 +161,8 @@ class MITrainerCallback(TrainerCallback, ExportableState):
         return {
             "args": {
                 "heldout": self.heldout,
-                "evaluation": {**asdict(self.evaluation), "layers": list(self.evaluation.layers)},
-                "history": self.history,
+                "config": {**asdict(self.config), "layers": list(self.config.layers)},
+                "history_path": self.history_path,
                 "max_seconds": self.max_seconds,
                 "max_utterance_seconds": self.max_utterance_seconds,
                 "normalize": self.normalize,
@@ -185,7 +204,7 @@ class MITrainerCallback(TrainerCallback, ExportableState):
             raise ValueError(f"MITrainerCallback: {error}") from None
         monitor = self.mi.selector.config.monitor
         if monitor != METRIC:  # mi_bits_l{k}: layer k must be scored
-            scored = resolve_layers(self.evaluation.layers, self.mi.evaluator.adapter.num_layers(model))
+            scored = resolve_layers(self.config.layers, self.mi.evaluator.adapter.num_layers(model))
             if int(monitor.rsplit("_l", 1)[1]) not in scored:
                 raise ValueError(
                     f"MITrainerCallback: metric_for_best_model={args.metric_for_best_model} but layer "
@@ -259,21 +278,21 @@ class MITrainerCallback(TrainerCallback, ExportableState):
     def _build(self, args) -> None:
         rank, world_size = rank_and_world_size()
         adapter = HuggingFaceAdapter(normalize=self.normalize)
-        evaluator = Evaluator(self.evaluation, self.subset, adapter, rank=rank, world_size=world_size)
-        path = Path(self.history)
-        self.history_path = path if path.is_absolute() else Path(args.output_dir) / path
+        evaluator = Evaluator(self.config, self.subset, adapter, rank=rank, world_size=world_size)
+        path = Path(self.history_path)
+        self.history_file = path if path.is_absolute() else Path(args.output_dir) / path
         monitor = selection_metric(args.metric_for_best_model) or METRIC
         selector = CheckpointSelector(
             SelectionConfig(monitor=monitor, mode="max", min_delta=OLDER_WINS_TIES),
-            history_path=self.history_path,
+            history_path=self.history_file,
             is_writer=rank == 0,
         )
         self.mi = MICallback(evaluator, selector, strict=self.strict)
 
     def _move_old_history_aside(self) -> None:
-        if rank_and_world_size()[0] != 0 or self.history_path is None:
+        if rank_and_world_size()[0] != 0 or self.history_file is None:
             return
-        path = self.history_path
+        path = self.history_file
         if path.exists() and path.stat().st_size > 0:
             aside = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.old")
             os.replace(path, aside)
