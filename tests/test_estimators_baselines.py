@@ -50,6 +50,20 @@ def test_rankme_of_random_rank_r_data_is_at_most_r():
     assert 0.7 * 8 < rankme(torch.from_numpy(z).float()) <= 8.0 + 1e-3
 
 
+@pytest.mark.parametrize("case", ["full_rank", "rank_deficient"])
+def test_rankme_matches_the_definition_with_numpys_svd(case):
+    """The Gram-matrix route (summed over row blocks: 40000 rows are three blocks) gives the RankMe of
+    the singular values of a direct SVD."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(40000, 48)) * np.geomspace(10.0, 0.01, 48)
+    if case == "rank_deficient":
+        z[:, 30:] = 0.0
+    for features, tolerance in ((z, 1e-9), (z.astype(np.float32), 1e-6)):
+        sigma = np.linalg.svd(features.astype(np.float64), compute_uv=False)
+        p = sigma / sigma.sum() + 1e-7
+        assert rankme(features) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=tolerance)
+
+
 def test_rankme_utterance_is_rankme_of_utterance_means():
     rng = np.random.default_rng(2)
     z = rng.normal(size=(300, 16)).astype(np.float32)

@@ -6,9 +6,10 @@
 #   source benchmarks/speed/device/install.sh      # also exports PYTHONPATH in this shell
 #   # or: bash benchmarks/speed/device/install.sh && export PYTHONPATH=/tmp/ssl_mi_site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 #
-# Steps: `python3 -m pip install --no-index --no-deps --target $SSL_MI_SITE .device/wheels/*.whl`
-# (SSL_MI_SITE defaults to /tmp/ssl_mi_site; skipped when that folder already holds exactly these
-# wheels), PYTHONPATH=$SSL_MI_SITE:$PWD first, line 1 (the root) of every fairseq manifest in
+# Steps: the wheels .device/wheels/*.whl unpacked into $SSL_MI_SITE (what `pip install --no-deps
+# --target` does for them: none has scripts to generate; not pip itself, because pip >= 24.1 refuses
+# omegaconf 2.0.6's metadata; SSL_MI_SITE defaults to /tmp/ssl_mi_site; skipped when that folder
+# already holds exactly these wheels), PYTHONPATH=$SSL_MI_SITE:$PWD first, line 1 (the root) of every fairseq manifest in
 # .device/corpus/*.tsv set to the absolute path of .device/corpus here (whatever it was before: the
 # @SSL_MI_DEVICE_CORPUS@ placeholder or an earlier path, so reruns and copies elsewhere are fine), then
 #   python3 -c "import ssl_mi_callback.integrations.fairseq; import fairseq;
@@ -48,9 +49,22 @@ _ssl_mi_device_install() {
     fi
     rm -rf "$site" && mkdir -p "$site" && : >"$site/.ssl_mi_device_site" \
       || { _ssl_mi_err "cannot create $site"; return 1; }
-    if ! "$py" -m pip --disable-pip-version-check -q install --no-index --no-deps --target "$site" \
-        "${wheels[@]}" >&2; then
-      _ssl_mi_err "pip install --no-index --no-deps --target $site .device/wheels/*.whl failed (see above)"
+    if ! "$py" - "$site" "${wheels[@]}" >&2 <<'EOF'
+import re, sys, zipfile
+from pathlib import Path
+site = Path(sys.argv[1])
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            data = re.match(r"[^/]+\.data/([^/]+)/(.*)", name)
+            if name.endswith("/") or (data and data.group(1) not in ("purelib", "platlib")):
+                continue  # folders; scripts, headers and data files are not needed for the imports
+            target = site / (data.group(2) if data else name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(name))
+EOF
+    then
+      _ssl_mi_err "unpacking .device/wheels/*.whl into $site failed (see above)"
       return 1
     fi
     printf '%s\n' "$want" >"$stamp"
