@@ -95,8 +95,11 @@ def test_wheelhouse_installs_into_a_fresh_venv_without_network(tmp_path):
         assert int(pinned["pip"].split(".")[0]) < 24 or pinned["pip"].startswith("24.0")
 
         isolation = without_network()
+        install_environment = offline_environment()
+        if not shutil.which(f"python{LOCAL_PYTHON}"):  # e.g. a pyenv interpreter: name it, as its README says
+            install_environment["PYTHON"] = os.path.realpath(sys.executable)
         run([*isolation, wheelhouse / "install_offline.sh", wheelhouse, venv], timeout=900,
-            env=offline_environment(), cwd=tmp_path)
+            env=install_environment, cwd=tmp_path)
         installed = time.perf_counter()
 
         check = run([*isolation, venv / "bin" / "python", "-c",
