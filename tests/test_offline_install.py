@@ -48,6 +48,16 @@ def without_network() -> List[str]:
     return []
 
 
+def runs_as_this_python(command: str) -> bool:
+    """Whether ``command`` on PATH is an interpreter of this Python version (a pyenv shim may not be)."""
+    try:
+        result = subprocess.run([command, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return result.stdout.strip() == LOCAL_PYTHON
+
+
 def local_torch_wheel() -> Optional[Path]:
     """A torch wheel to reuse instead of downloading one (SSL_MI_TEST_TORCH_WHEEL), or None."""
     given = os.environ.get("SSL_MI_TEST_TORCH_WHEEL")
@@ -96,7 +106,7 @@ def test_wheelhouse_installs_into_a_fresh_venv_without_network(tmp_path):
 
         isolation = without_network()
         install_environment = offline_environment()
-        if not shutil.which(f"python{LOCAL_PYTHON}"):  # e.g. a pyenv interpreter: name it, as its README says
+        if not runs_as_this_python(f"python{LOCAL_PYTHON}"):  # e.g. pyenv's: name it, as the script asks
             install_environment["PYTHON"] = os.path.realpath(sys.executable)
         run([*isolation, wheelhouse / "install_offline.sh", wheelhouse, venv], timeout=900,
             env=install_environment, cwd=tmp_path)
