@@ -54,7 +54,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
     """Seconds of one call (a GPU synchronised before and after) and its result."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = cpu_bench.synchronizer(device)
     sync()
     started = time.perf_counter()
     value = fn()

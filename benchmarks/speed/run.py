@@ -67,6 +67,12 @@ def machine() -> dict:
     return info
 
 
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What to call before a clock read on ``device``: a CUDA synchronize (kernels run after the call
+    returns), nothing on the CPU."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
@@ -649,7 +655,7 @@ def bench_evaluation(heldout: Path, kind: str, max_seconds: float, repeats: int,
     from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
     device = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     model = build_wav2vec2(kind).to(device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     load_s, subset = median_time(lambda: load_heldout(heldout, max_seconds=max_seconds, max_utterance_seconds=15.0), repeats)
