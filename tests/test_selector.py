@@ -437,18 +437,22 @@ import hashlib, random, sys
 from pathlib import Path
 from ssl_mi_callback.selector import HistoryFile, export_atomically
 
+def say(*words):  # one write per line: print() writes each word apart when PYTHONUNBUFFERED is set
+    sys.stdout.write(" ".join(map(str, words)) + "\n")
+    sys.stdout.flush()
+
 workdir = Path(sys.argv[1])
 history = HistoryFile(workdir / "history.jsonl")
 records = history.read()
 step = records[-1]["step"] + 1 if records else 0
-print("ready", flush=True)
+say("ready")
 while True:
     data = random.Random(step).randbytes(1_000_000 + (step * 389_111) % 3_000_000)
-    print("begin", step, hashlib.sha256(data).hexdigest(), flush=True)
+    say("begin", step, hashlib.sha256(data).hexdigest())
     export_atomically(lambda f: f.write(data), workdir / "best.pt", {"step": step})
-    print("exported", step, flush=True)
+    say("exported", step)
     history.append({"step": step, "status": "ok", "metrics": {"mi_bits": step / 100}, "pad": "x" * 4000})
-    print("appended", step, flush=True)
+    say("appended", step)
     step += 1
 """
 
@@ -468,7 +472,8 @@ while True:
 
 
 def run_and_kill(code: str, args: List[str], delay_s: float) -> List[List[str]]:
-    """Start a child, wait for its 'ready' line, SIGKILL it after ``delay_s``; return its stdout lines, split."""
+    """Start a child, wait for its 'ready' line, SIGKILL it after ``delay_s``; return its complete stdout lines,
+    split (a line the kill cut short is dropped: each is written before the step it announces begins)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, env=env)
     try:
@@ -477,7 +482,7 @@ def run_and_kill(code: str, args: List[str], delay_s: float) -> List[List[str]]:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    lines = child.stdout.read().decode().splitlines()
+    lines = child.stdout.read().decode().split("\n")[:-1]  # the last is empty or cut short
     child.stdout.close()
     assert child.returncode == -signal.SIGKILL, "child ended before it was killed"
     return [line.split() for line in lines]
