@@ -2,23 +2,18 @@
 from __future__ import annotations
 
 import os
-import socket
+import shutil
 import sys
+import tempfile
 import time
 from typing import Callable
 
 import torch
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _entry(rank: int, world_size: int, port: int, work: Callable, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+def _entry(rank: int, world_size: int, store: str, work: Callable, args: tuple) -> None:
+    # a file rendezvous: no TCP port to pick, so none another process can take in between
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     work(rank, world_size, *args)
     torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
@@ -39,8 +34,10 @@ def run_in_gloo_processes(work: Callable, args: tuple = (), world_size: int = 2,
     that raises fails the caller; ranks still running after ``deadline_seconds`` (one left waiting in
     a collective) are killed and the caller fails, instead of hanging the suite.
     """
+    store_dir = tempfile.mkdtemp(prefix="gloo-store-")
     context = torch.multiprocessing.start_processes(
-        _entry, args=(world_size, _free_port(), work, args), nprocs=world_size, join=False, start_method="spawn")
+        _entry, args=(world_size, os.path.join(store_dir, "store"), work, args), nprocs=world_size, join=False,
+        start_method="spawn")
     deadline = time.monotonic() + deadline_seconds
     try:
         while not context.join(timeout=1.0):  # raises if a rank raised
@@ -50,3 +47,4 @@ def run_in_gloo_processes(work: Callable, args: tuple = (), world_size: int = 2,
         for process in context.processes:
             if process.is_alive():
                 process.kill()
+        shutil.rmtree(store_dir, ignore_errors=True)

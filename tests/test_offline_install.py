@@ -86,8 +86,9 @@ def test_wheelhouse_installs_into_a_fresh_venv_without_network(tmp_path):
     seed = ["--wheel", torch_wheel] if torch_wheel else []
     started = time.perf_counter()
     try:
+        patient_pip = {"PIP_RETRIES": "10", "PIP_DEFAULT_TIMEOUT": "60"}  # a slow index, not a failure (yours win)
         run([BUILD, wheelhouse, "--extras", "fairseq", *seed], timeout=1200,
-            env={**os.environ, "PYTHON": sys.executable})
+            env={**patient_pip, **os.environ, "PYTHON": sys.executable})
         built = time.perf_counter()
 
         manifest = json.loads((wheelhouse / "wheelhouse.json").read_text())
