@@ -10,6 +10,8 @@ Nothing installed is edited; each patch is narrow and idempotent:
   ours, which extend them) get an identity ``__hash__``.
 * Python >= 3.12 removed ``importlib.machinery.FileFinder.find_module``, which hydra 1.0.x's plugin scan
   calls; it is restored as a thin wrapper over ``find_spec``.
+* Python >= 3.13 removed the ``typing.io`` alias module, which antlr4-python3-runtime 4.8 (omegaconf 2.0.6's
+  grammar runtime) imports ``TextIO`` from; a module with the same three names is registered under it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import dataclasses
 import importlib.machinery
 import importlib.metadata
 import sys
+import types
+import typing
 
 _PATCHED_MODULE_ROOTS = ("fairseq", "fairseq_cli", "hydra", "ssl_mi_callback")
 
@@ -49,12 +53,23 @@ def _restore_find_module() -> None:
     finder.find_module = find_module  # type: ignore[attr-defined]
 
 
+def _restore_typing_io() -> None:
+    if "typing.io" in sys.modules:
+        return
+    module = types.ModuleType("typing.io", "Python < 3.13's typing.io alias module (IO, TextIO, BinaryIO).")
+    module.IO, module.TextIO, module.BinaryIO = typing.IO, typing.TextIO, typing.BinaryIO  # type: ignore[attr-defined]
+    module.__all__ = ["IO", "TextIO", "BinaryIO"]  # type: ignore[attr-defined]
+    sys.modules["typing.io"] = module
+
+
 def apply() -> None:
     """The patches hydra 1.0.x needs to import (idempotent; before the first ``import hydra``)."""
     if sys.version_info >= (3, 11):
         _hashable_dataclasses()
     if sys.version_info >= (3, 12):
         _restore_find_module()
+    if sys.version_info >= (3, 13):
+        _restore_typing_io()
 
 
 def legacy_hydra_installed() -> bool:
