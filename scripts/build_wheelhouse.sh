@@ -2,14 +2,15 @@
 # Build a wheelhouse: every wheel needed to install ssl_mi_callback on an air-gapped Linux x86_64
 # (GPU) node, which then installs it with scripts/install_offline.sh (copied into the wheelhouse).
 #
-#   scripts/build_wheelhouse.sh OUT_DIR [--python-version 3.11|3.12] [--extras fairseq,audio,...]
+#   scripts/build_wheelhouse.sh OUT_DIR [--python-version 3.11|3.12|3.13] [--extras fairseq,audio,...]
 #                               [--glibc 2.28] [--wheel FILE.whl]...
 #
 #   --python-version  Python of the target node (default: the Python that runs pip here)
 #   --extras          extras of ssl_mi_callback to include (default fairseq; 'none' for the core only)
 #   --glibc           newest manylinux glibc the node has (default 2.28: torch's wheels need it)
 #   --wheel FILE      put a wheel you already have into the wheelhouse instead of downloading that
-#                     package (e.g. a CPU-only torch); its version replaces the lock's pin. Repeatable.
+#                     package (e.g. a CPU-only torch, or numpy 1.26.4 built for Python 3.13, which
+#                     PyPI lacks); its version replaces the lock's pin. Repeatable.
 #
 # Wheels come from the package index for the target (pip download --only-binary=:all:
 # --python-version X --platform manylinux_2_17..2_<glibc>_x86_64), pinned by requirements/dev-lock.txt
@@ -108,7 +109,7 @@ build_wheelhouse_main() {
       *) [ -z "$out" ] || wh_die "give one OUT_DIR (got '$out' and '$1')"; out=$1; shift ;;
     esac
   done
-  [ -n "$out" ] || wh_die "usage: scripts/build_wheelhouse.sh OUT_DIR [--python-version 3.11|3.12] [--extras fairseq,...]"
+  [ -n "$out" ] || wh_die "usage: scripts/build_wheelhouse.sh OUT_DIR [--python-version 3.11|3.12|3.13] [--extras fairseq,...]"
   [[ "$glibc" =~ ^2\.([0-9]+)$ ]] || wh_die "--glibc must look like 2.28, got '$glibc'"
   local glibc_minor=${BASH_REMATCH[1]}
   [ "$glibc_minor" -ge 17 ] || wh_die "--glibc must be >= 2.17 (manylinux2014), got $glibc"
@@ -218,6 +219,8 @@ EOF
   done
   for minor in $(seq "$glibc_minor" -1 17); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
   platforms+=(--platform manylinux2014_x86_64)  # pip adds manylinux2010/manylinux1 to this one
+  # a locally built --wheel (e.g. numpy 1.26 for CPython 3.13) is tagged linux_x86_64; PyPI takes no such wheels
+  platforms+=(--platform linux_x86_64)
   wh_say "downloading wheels for CPython $python_version, manylinux glibc <= $glibc (extras: ${extras:-none})"
   if ! "$tool" -m pip --disable-pip-version-check download --only-binary=:all: \
       --python-version "$python_version" --implementation cp --abi "$tag" "${platforms[@]}" \

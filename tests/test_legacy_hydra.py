@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,7 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
 
 
 def test_typing_io_shim_lets_antlr4_import_as_on_python_313():
-    pytest.importorskip("antlr4")  # antlr4-python3-runtime 4.8: omegaconf 2.0.6's grammar runtime
+    require("antlr4")  # antlr4-python3-runtime 4.8, omegaconf 2.0.6's grammar runtime (found, not imported)
     done = run_fresh(
         "import sys, typing\n"
         "sys.modules.pop('typing.io', None)  # as on Python >= 3.13, which removed it\n"
@@ -39,6 +40,7 @@ IMPORT_HYDRA = "import hydra, omegaconf\nfrom hydra.core.config_store import Con
 def test_apply_is_what_lets_hydra_10_import():
     from ssl_mi_callback.legacy_hydra import legacy_hydra_installed
 
+    require("hydra")
     if not legacy_hydra_installed():
         pytest.skip("hydra-core 1.0.x (fairseq's pin) is not installed")
     unpatched = run_fresh(IMPORT_HYDRA)

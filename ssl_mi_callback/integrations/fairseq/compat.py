@@ -3,7 +3,8 @@
 Nothing installed is edited; :func:`apply` patches the running interpreter and must run before the
 first ``import fairseq`` / ``import hydra``. Each patch is narrow and idempotent:
 
-* hydra 1.0.7 on Python >= 3.11 / 3.12 (dataclass defaults, ``FileFinder.find_module``):
+* hydra 1.0.7 on Python >= 3.11 / 3.12 / 3.13 (dataclass defaults, ``FileFinder.find_module``, antlr4
+  4.8's ``typing.io``):
   :mod:`ssl_mi_callback.legacy_hydra`, shared with the Lightning integration (Lightning's DDP launcher
   imports hydra too). (Switching fairseq's defaults to ``default_factory`` breaks fairseq's hydra_init.)
 * numpy >= 1.24 removed the ``np.float``/``np.int`` aliases that fairseq's masking code uses.
