@@ -219,8 +219,9 @@ EOF
   done
   for minor in $(seq "$glibc_minor" -1 17); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
   platforms+=(--platform manylinux2014_x86_64)  # pip adds manylinux2010/manylinux1 to this one
-  # a locally built --wheel (e.g. numpy 1.26 for CPython 3.13) is tagged linux_x86_64; PyPI takes no such wheels
-  platforms+=(--platform linux_x86_64)
+  for seed in ${seeds[@]+"${seeds[@]}"}; do  # a locally built --wheel (e.g. numpy 1.26.4 for CPython 3.13)
+    case "$seed" in *-linux_x86_64.whl) platforms+=(--platform linux_x86_64); break ;; esac
+  done
   wh_say "downloading wheels for CPython $python_version, manylinux glibc <= $glibc (extras: ${extras:-none})"
   if ! "$tool" -m pip --disable-pip-version-check download --only-binary=:all: \
       --python-version "$python_version" --implementation cp --abi "$tag" "${platforms[@]}" \

@@ -10,8 +10,8 @@ Nothing installed is edited; each patch is narrow and idempotent:
   ours, which extend them) get an identity ``__hash__``.
 * Python >= 3.12 removed ``importlib.machinery.FileFinder.find_module``, which hydra 1.0.x's plugin scan
   calls; it is restored as a thin wrapper over ``find_spec``.
-* Python >= 3.13 removed the ``typing.io`` alias module, which antlr4-python3-runtime 4.8 (omegaconf 2.0.6's
-  grammar runtime) imports ``TextIO`` from; a module with the same three names is registered under it.
+* Python >= 3.13 removed the ``typing.io`` alias module, which antlr4-python3-runtime 4.8 (hydra-core 1.0.x's
+  override-grammar runtime) imports ``TextIO`` from; a module with the same three names is registered under it.
 """
 from __future__ import annotations
 

@@ -35,16 +35,17 @@ def run_in_gloo_processes(work: Callable, args: tuple = (), world_size: int = 2,
     a collective) are killed and the caller fails, instead of hanging the suite.
     """
     store_dir = tempfile.mkdtemp(prefix="gloo-store-")
-    context = torch.multiprocessing.start_processes(
-        _entry, args=(world_size, os.path.join(store_dir, "store"), work, args), nprocs=world_size, join=False,
-        start_method="spawn")
-    deadline = time.monotonic() + deadline_seconds
+    context = None
     try:
+        context = torch.multiprocessing.start_processes(
+            _entry, args=(world_size, os.path.join(store_dir, "store"), work, args), nprocs=world_size, join=False,
+            start_method="spawn")
+        deadline = time.monotonic() + deadline_seconds
         while not context.join(timeout=1.0):  # raises if a rank raised
             if time.monotonic() > deadline:
                 raise AssertionError(f"the gloo ranks did not finish within {deadline_seconds} s: a rank waits in a collective")
     finally:
-        for process in context.processes:
+        for process in context.processes if context is not None else []:
             if process.is_alive():
                 process.kill()
         shutil.rmtree(store_dir, ignore_errors=True)

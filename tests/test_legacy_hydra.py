@@ -1,6 +1,7 @@
 """The run-time patches hydra-core 1.0.x and its antlr4 4.8 runtime need on current Python
-(:mod:`ssl_mi_callback.legacy_hydra`), each checked in a fresh interpreter on every Python: the patch is
-forced even where this Python does not need it, then the real installed package imports through it."""
+(:mod:`ssl_mi_callback.legacy_hydra`), in fresh interpreters: the typing.io shim is forced on every Python
+(antlr4 then imports through it); hydra 1.0.x, its override grammar (antlr4) included, fails to import
+unpatched and imports after ``apply()`` on Python >= 3.11."""
 from __future__ import annotations
 
 import subprocess
@@ -18,7 +19,7 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
 
 
 def test_typing_io_shim_lets_antlr4_import_as_on_python_313():
-    require("antlr4")  # antlr4-python3-runtime 4.8, omegaconf 2.0.6's grammar runtime (found, not imported)
+    require("antlr4")  # antlr4-python3-runtime 4.8, hydra 1.0.x's override-grammar runtime (found, not imported)
     done = run_fresh(
         "import sys, typing\n"
         "sys.modules.pop('typing.io', None)  # as on Python >= 3.13, which removed it\n"
@@ -33,7 +34,9 @@ def test_typing_io_shim_lets_antlr4_import_as_on_python_313():
     assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
 
 
-IMPORT_HYDRA = "import hydra, omegaconf\nfrom hydra.core.config_store import ConfigStore\nprint(hydra.__version__)\n"
+IMPORT_HYDRA = ("import hydra, omegaconf\nfrom hydra.core.config_store import ConfigStore\n"
+                "from hydra.core.override_parser.overrides_parser import OverridesParser  # loads antlr4\n"
+                "print(hydra.__version__)\n")
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="hydra 1.0.x imports unpatched before Python 3.11")

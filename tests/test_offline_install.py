@@ -10,6 +10,8 @@ Size and time on the 2-core development machine: the lock's CUDA torch and its N
 the wheelhouse 2.7 GB (build 45 s with the index at about 80 MB/s, offline install 75 s, 2.2 min in
 all; the wheelhouse and the 5 GB venv are deleted at the end). SSL_MI_TEST_TORCH_WHEEL=path/to/torch.whl
 (e.g. a CPU-only build) puts that wheel in the wheelhouse instead (``--wheel``): 280 MB, the same time.
+On Python >= 3.13 the test first builds numpy 1.26.4's wheel from source (``pip wheel``; PyPI has none for
+3.13; a compiler and the index needed, seconds from pip's cache) and passes it with ``--wheel``.
 """
 from __future__ import annotations
 
