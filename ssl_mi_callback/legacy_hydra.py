@@ -56,9 +56,11 @@ def _restore_find_module() -> None:
 def _restore_typing_io() -> None:
     if "typing.io" in sys.modules:
         return
-    module = types.ModuleType("typing.io", "Python < 3.13's typing.io alias module (IO, TextIO, BinaryIO).")
-    module.IO, module.TextIO, module.BinaryIO = typing.IO, typing.TextIO, typing.BinaryIO  # type: ignore[attr-defined]
-    module.__all__ = ["IO", "TextIO", "BinaryIO"]  # type: ignore[attr-defined]
+    names = ["IO", "TextIO", "BinaryIO"]
+    module = types.ModuleType("typing.io", f"Python < 3.13's typing.io alias module ({', '.join(names)}).")
+    for name in names:
+        setattr(module, name, getattr(typing, name))
+    module.__all__ = names  # type: ignore[attr-defined]
     sys.modules["typing.io"] = module
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -34,18 +33,16 @@ def run_in_gloo_processes(work: Callable, args: tuple = (), world_size: int = 2,
     that raises fails the caller; ranks still running after ``deadline_seconds`` (one left waiting in
     a collective) are killed and the caller fails, instead of hanging the suite.
     """
-    store_dir = tempfile.mkdtemp(prefix="gloo-store-")
-    context = None
-    try:
+    with tempfile.TemporaryDirectory(prefix="gloo-store-") as store_dir:
         context = torch.multiprocessing.start_processes(
             _entry, args=(world_size, os.path.join(store_dir, "store"), work, args), nprocs=world_size, join=False,
             start_method="spawn")
         deadline = time.monotonic() + deadline_seconds
-        while not context.join(timeout=1.0):  # raises if a rank raised
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the gloo ranks did not finish within {deadline_seconds} s: a rank waits in a collective")
-    finally:
-        for process in context.processes if context is not None else []:
-            if process.is_alive():
-                process.kill()
-        shutil.rmtree(store_dir, ignore_errors=True)
+        try:
+            while not context.join(timeout=1.0):  # raises if a rank raised
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the gloo ranks did not finish within {deadline_seconds} s: a rank waits in a collective")
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
