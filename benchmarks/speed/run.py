@@ -114,13 +114,24 @@ def inertia_of(x: torch.Tensor, centers: torch.Tensor, chunk: int = 32768) -> fl
 
 
 # ----------------------------------------------------------------------------------- 1. k-means
-def kmeans_methods(n: int, k: int, seed: int, threads: int) -> Dict[str, dict]:
-    """name -> {levels: [...], run: level -> centres (np/torch)}; levels in increasing effort."""
+OURS_FIT = "ours OnlineKMeans.fit"
+OURS_STREAM = "ours OnlineKMeans.partial_fit"
+OURS_SAMPLED = "ours OnlineKMeans.fit(fit_sample=256K)"
+SAMPLE_PER_CENTRE = 256
+"""Rows per centre of the sampled variant of ours: faiss's default training sample (max_points_per_centroid)."""
+OURS_VARIANTS = (("", OURS_FIT, "ours", "fit"), ("stream_", OURS_STREAM, "ours_stream", "partial_fit"),
+                 ("sampled_", OURS_SAMPLED, "ours_sampled", "fit(fit_sample)"))
+"""Each of our k-means variants: prefix of its verdict keys, method name, key of its time, table label."""
+
+
+def kmeans_methods(n: int, k: int, seed: int, threads: int, only: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    """name -> {levels: [...], run: level -> centres (np/torch)}; levels in increasing effort.
+    ``only``: keep just these method names (every method when None)."""
     from ssl_mi_callback.estimators import OnlineKMeans
 
-    def ours(level):
+    def ours(level, fit_sample=None):
         def run(x_np, x_t):
-            km = OnlineKMeans(k, seed=seed, max_iter=level).fit(x_t)
+            km = OnlineKMeans(k, seed=seed, max_iter=level, fit_sample=fit_sample).fit(x_t)
             return km.cluster_centers_
         return run
 
@@ -134,8 +145,11 @@ def kmeans_methods(n: int, k: int, seed: int, threads: int) -> Dict[str, dict]:
         return run
 
     methods = {
-        "ours OnlineKMeans.fit": {"levels": [1, 2, 4, 8, 16, 32, 100], "unit": "max_iter", "make": ours},
-        "ours OnlineKMeans.partial_fit": {"levels": [1, 2, 4], "unit": "epochs", "make": ours_stream},
+        OURS_FIT: {"levels": [1, 2, 4, 8, 16, 32, 100], "unit": "max_iter", "make": ours},
+        OURS_STREAM: {"levels": [1, 2, 4], "unit": "epochs", "make": ours_stream},
+        # Lloyd on a seeded sample of 256 rows per centre, as faiss trains by default (not the evaluator's setting)
+        OURS_SAMPLED: {"levels": [1, 2, 5, 10, 20], "unit": "max_iter",
+                       "make": lambda level: ours(level, fit_sample=SAMPLE_PER_CENTRE * k)},
     }
     try:
         from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -178,6 +192,11 @@ def kmeans_methods(n: int, k: int, seed: int, threads: int) -> Dict[str, dict]:
         }
     except ImportError:
         methods["faiss Kmeans"] = None  # reported as skipped
+    if only is not None:
+        unknown = sorted(set(only) - set(methods))
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; choose from {sorted(methods)}")
+        methods = {name: method for name, method in methods.items() if name in only}
     return methods
 
 
@@ -188,8 +207,9 @@ def _effort(method: dict, level) -> float:
 
 
 def bench_kmeans(configs: List[tuple], repeats: int, threads: int, seed: int = 0, budget_s: float = 1e9,
-                 method_budget_s: float = 1e9, checkpoint: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
-    """Time-to-inertia of every method at every grid point.
+                 method_budget_s: float = 1e9, checkpoint: Optional[Callable[[List[dict]], None]] = None,
+                 only: Optional[Sequence[str]] = None) -> List[dict]:
+    """Time-to-inertia of every method (or the ``only`` ones) at every grid point.
 
     Each method climbs its effort ladder until it improves < 0.1% or its ladder time would pass
     ``method_budget_s`` (predicted from the last level's time; the method is then marked as cut by the
@@ -205,7 +225,7 @@ def bench_kmeans(configs: List[tuple], repeats: int, threads: int, seed: int = 0
         point_started = time.perf_counter()
         x_np = gaussian_mixture(n, d, components=k, seed=seed)
         x_t = torch.from_numpy(x_np)
-        methods = kmeans_methods(n, k, seed, threads)
+        methods = kmeans_methods(n, k, seed, threads, only)
         curves: Dict[str, list] = {}
         cut: Dict[str, str] = {}
         for name, method in methods.items():
@@ -276,7 +296,7 @@ def bench_kmeans(configs: List[tuple], repeats: int, threads: int, seed: int = 0
             row["t2_rule"] = "all methods"
             rows.append(row)
         here = [r for r in rows if (r.get("N"), r.get("D"), r.get("K")) == (n, d, k) and "curve" in r]
-        ours = next((r for r in here if r["method"] == "ours OnlineKMeans.fit"), None)
+        ours = next((r for r in here if r["method"] == OURS_FIT), None)
         for r in here:
             if ours and r.get("seconds") and ours.get("seconds"):
                 r["ours_speedup"] = r["seconds"] / ours["seconds"]
@@ -321,7 +341,7 @@ def retarget_kmeans(rows: List[dict]) -> List[dict]:
             seconds, count = medians.get(str(point["level"]), (point["seconds"], 1))
             r["level"], r["seconds"], r["timings"], r["inertia"] = point["level"], seconds, count, point["inertia"]
             r["frames_per_s"] = r["N"] / seconds
-        ours = next((r for r in here if r["method"] == "ours OnlineKMeans.fit"), None)
+        ours = next((r for r in here if r["method"] == OURS_FIT), None)
         for r in here:
             r["ours_speedup"] = r["seconds"] / ours["seconds"] if ours and r.get("seconds") and ours.get("seconds") else None
     return rows
@@ -1034,25 +1054,29 @@ def _ratio_verdict(other: Optional[float], ours: Optional[float], need: float, o
 
 
 def kmeans_targets(rows: List[dict]) -> List[dict]:
-    """Per grid point and criterion: ours.fit vs MiniBatchKMeans (target >= 1x its speed) and vs faiss
-    (target >= 0.8x faiss's speed); speed ratio = their time / ours."""
+    """Per grid point and criterion: each of ours (``fit``, ``partial_fit``, and ``fit`` with
+    ``fit_sample`` where it ran) vs MiniBatchKMeans (target >= 1x its speed) and vs faiss (target
+    >= 0.8x faiss's speed); speed ratio = their time / ours."""
     points: Dict[tuple, Dict[str, dict]] = {}
     for r in rows:
         if "curve" in r:
             points.setdefault((r["N"], r["D"], r["K"]), {})[r["method"]] = r
     out = []
     for (n, d, k), methods in points.items():
-        ours = methods.get("ours OnlineKMeans.fit", {})
-        stream = methods.get("ours OnlineKMeans.partial_fit", {})
         mb = methods.get("sklearn MiniBatchKMeans", {})
         fa = methods.get("faiss Kmeans", {})
         for criterion, key in (("T1", "seconds_t1"), ("T2", "seconds")):
-            out.append({"N": n, "D": d, "K": k, "criterion": criterion, "ours": ours.get(key), "ours_stream": stream.get(key),
-                        "minibatch": mb.get(key), "faiss": fa.get(key),
-                        "vs_minibatch": _ratio_verdict(mb.get(key), ours.get(key), 1.0, "MiniBatchKMeans", bool(mb.get("budget_cut")), bool(ours.get("budget_cut"))),
-                        "vs_faiss": _ratio_verdict(fa.get(key), ours.get(key), 0.8, "faiss", bool(fa.get("budget_cut")), bool(ours.get("budget_cut"))) if fa else "faiss not run",
-                        "stream_vs_minibatch": _ratio_verdict(mb.get(key), stream.get(key), 1.0, "MiniBatchKMeans", bool(mb.get("budget_cut")), bool(stream.get("budget_cut"))),
-                        "stream_vs_faiss": _ratio_verdict(fa.get(key), stream.get(key), 0.8, "faiss", bool(fa.get("budget_cut")), bool(stream.get("budget_cut"))) if fa else "faiss not run"})
+            target = {"N": n, "D": d, "K": k, "criterion": criterion, "minibatch": mb.get(key), "faiss": fa.get(key)}
+            for prefix, name, seconds, _ in OURS_VARIANTS:
+                ours = methods.get(name)
+                if ours is None:
+                    continue
+                target[seconds] = ours.get(key)
+                target[prefix + "vs_minibatch"] = _ratio_verdict(
+                    mb.get(key), ours.get(key), 1.0, "MiniBatchKMeans", bool(mb.get("budget_cut")), bool(ours.get("budget_cut"))) if mb else "MiniBatchKMeans not run"
+                target[prefix + "vs_faiss"] = _ratio_verdict(
+                    fa.get(key), ours.get(key), 0.8, "faiss", bool(fa.get("budget_cut")), bool(ours.get("budget_cut"))) if fa else "faiss not run"
+            out.append(target)
     return out
 
 
@@ -1097,7 +1121,7 @@ def write_report(results: dict, out: Path) -> None:
     for t in targets:
         by_point.setdefault((t["N"], t["D"], t["K"]), {})[t["criterion"]] = t
     for (n, d, k), crit in by_point.items():
-        both = lambda c, key: f"fit: {c[key]}; partial_fit: {c['stream_' + key]}"
+        both = lambda c, key: "; ".join(f"{label}: {c[prefix + key]}" for prefix, _, _, label in OURS_VARIANTS if prefix + key in c)
         lines.append(f"| ours >= MiniBatchKMeans speed | {n}, {d}, {k} | {both(crit['T1'], 'vs_minibatch')} | {both(crit['T2'], 'vs_minibatch')} |")
         lines.append(f"| ours >= 0.8x faiss | {n}, {d}, {k} | {both(crit['T1'], 'vs_faiss')} | {both(crit['T2'], 'vs_faiss')} |")
     for row in results.get("kmeans", []):
@@ -1351,13 +1375,17 @@ def write_report(results: dict, out: Path) -> None:
             lines.append(gpu_row + " | | | | |")
         lines += ["", f"Grid: {results['kmeans_grid_note']}.", ""]
         if targets:
+            variants = [(prefix, label, seconds) for prefix, _, seconds, label in OURS_VARIANTS if any(seconds in t for t in targets)]
             lines += ["Targets per point (speed ratio = their time / ours; ours >= MiniBatchKMeans needs >= 1x, >= 0.8x faiss needs >= 0.8x; "
-                      "the streaming `partial_fit` path shown for reference):", "",
-                      "| N | D | K | criterion | ours.fit (s) | MiniBatchKMeans (s) | faiss (s) | ours.fit vs MiniBatch | ours.fit vs faiss | ours.partial_fit (s) | partial_fit vs MiniBatch | partial_fit vs faiss |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "`fit` is the evaluator's setting, the streaming `partial_fit` path and `fit` on faiss's training sample "
+                      f"(`fit_sample` = {SAMPLE_PER_CENTRE} rows per centre) are shown where they ran):", "",
+                      "| N | D | K | criterion | MiniBatchKMeans (s) | faiss (s) | "
+                      + " | ".join(f"{label} (s) | {label} vs MiniBatch | {label} vs faiss" for _, label, _ in variants) + " |",
+                      "|---|---|---|---|---|---|" + "---|---|---|" * len(variants)]
             for t in targets:
-                lines.append(f"| {t['N']} | {t['D']} | {t['K']} | {t['criterion']} | {fmt(t['ours'])} | {fmt(t['minibatch'])} | {fmt(t['faiss'])} | "
-                             f"{t['vs_minibatch']} | {t['vs_faiss']} | {fmt(t['ours_stream'])} | {t['stream_vs_minibatch']} | {t['stream_vs_faiss']} |")
+                lines.append(f"| {t['N']} | {t['D']} | {t['K']} | {t['criterion']} | {fmt(t['minibatch'])} | {fmt(t['faiss'])} | "
+                             + " | ".join(f"{fmt(t.get(seconds))} | {t.get(prefix + 'vs_minibatch', 'not run')} | {t.get(prefix + 'vs_faiss', 'not run')}"
+                                          for prefix, _, seconds in variants) + " |")
             lines.append("")
         prof = results.get("kmeans_profile")
         if prof:
@@ -1443,6 +1471,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--method-budget", type=float, default=120.0, help="seconds of effort-ladder time per k-means method and grid point (default 120)")
     parser.add_argument("--points", default=None,
                         help="k-means grid points to run instead of the default grid, as NxDxK[,NxDxK...], e.g. 1000000x256x50")
+    parser.add_argument("--methods", default=None,
+                        help="k-means methods to run, comma-separated names as in the tables (default: all); T1 and T2 then "
+                             "come from these methods only")
     parser.add_argument("--large", action="store_true", help="add N=1e6 (D=256, K=50) to the k-means grid")
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md from an existing results.json")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
@@ -1500,6 +1531,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         grid = [tuple(int(v) for v in point.split("x")) for point in args.points.split(",")]
         grid_note = (f"only {args.points} (--points); per-method ladder budget {args.method_budget:.0f} s per point (a level predicted "
                      "to pass it is not run; the method is then marked 'cut by budget')")
+    only = [name.strip() for name in args.methods.split(",")] if args.methods else None
+    if only:
+        grid_note += f"; methods: only {', '.join(only)} (--methods), so T1 and T2 come from these"
     results["kmeans_grid_note"] = grid_note
     if "kmeans" not in skip:
         budget = args.kmeans_budget if args.kmeans_budget is not None else (1e9 if args.quick else 2400.0)
@@ -1512,7 +1546,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             (out_early / "results.partial.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
 
         results["kmeans"] = bench_kmeans(grid, repeats, threads, budget_s=budget, method_budget_s=args.method_budget,
-                                         checkpoint=checkpoint)
+                                         checkpoint=checkpoint, only=only)
         prof_cfg = (20000, 256, 50) if args.quick else (100000, 768, 50)
         results["kmeans_profile"] = kmeans_iteration_profile(*prof_cfg, repeats=repeats)
     else:

@@ -8,7 +8,7 @@ from .baselines import davies_bouldin, kmeans_inertia, rankme, rankme_utterance
 from .bootstrap import EvalStatistics, basic_interval, bound_interval
 from .bounds import MIResult, SupervisedMIResult, UnsupervisedMIResult, supervised_mi, unsupervised_mi
 from .information import entropy_bits
-from .kmeans import OnlineKMeans, kmeans_plusplus
+from .kmeans import OnlineKMeans, fit_sample_rows, kmeans_plusplus
 from .position import position_features
 from .probes import PROBES, LinearProbe, MLPProbe, make_probe
 from .reduce import ReduceFn, no_reduce
@@ -31,6 +31,7 @@ __all__ = [
     "center_by_group",
     "davies_bouldin",
     "entropy_bits",
+    "fit_sample_rows",
     "kmeans_inertia",
     "kmeans_plusplus",
     "make_probe",

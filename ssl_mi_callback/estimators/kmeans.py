@@ -75,6 +75,14 @@ def kmeans_plusplus(
     return sample[torch.stack(chosen, dim=1)[winner]], float(potential[winner])
 
 
+def fit_sample_rows(n_rows: int, size: int, seed: int) -> Tensor:
+    """The rows (ascending) that ``OnlineKMeans(fit_sample=size, seed=seed).fit`` uses of ``n_rows``:
+    ``size`` drawn without replacement from the seed's own stream (all rows when ``size >= n_rows``)."""
+    if size >= n_rows:
+        return torch.arange(n_rows)
+    return torch.randperm(n_rows, generator=make_generator(seed, "kmeans-fit-sample"))[:size].sort().values
+
+
 class OnlineKMeans:
     """k-means with k-means++ seeding on a bounded sample, Lloyd ``fit`` and streaming ``partial_fit``.
 
@@ -92,13 +100,17 @@ class OnlineKMeans:
 
     Parameters: ``n_clusters`` K; ``seed`` for sampling and seeding; ``init`` "k-means++" or a (K, D)
     array of initial centres; ``init_sample`` the most rows k-means++ looks at; ``n_init`` k-means++
-    runs on that sample, the one with the lowest potential is kept; ``max_iter`` Lloyd
+    runs on that sample, the one with the lowest potential is kept; ``fit_sample`` the most rows
+    ``fit`` uses (seeding, tolerance and Lloyd iterations all on one seeded random subset of that size,
+    drawn once per process; None, the default: all rows; like faiss's training sample of 256 points
+    per centre, it trades centres fitted to a sample for speed at large N); ``max_iter`` Lloyd
     iterations in ``fit``; ``tol`` stop when the squared centre shift sum_k ||mu_k' - mu_k||^2 falls
     below tol * mean per-dimension variance (as sklearn); ``chunk_size`` rows per distance block
     (memory stays O(chunk_size * K)); ``device`` where to compute (default: the input's device).
 
     Fitted state: ``cluster_centers_`` (K, D), ``sums_`` (K, D) float64, ``counts_`` (K,) float64,
-    ``inertia_`` mean squared distance measured in the last pass (under the centres before its update),
+    ``inertia_`` mean squared distance measured in the last pass (under the centres before its update;
+    over the ``fit_sample`` rows when set),
     ``n_iter_`` Lloyd iterations of the last ``fit``, ``n_updates_`` centre updates in all.
     """
 
@@ -110,6 +122,7 @@ class OnlineKMeans:
         init: Union[str, ArrayLike] = "k-means++",
         init_sample: int = 10000,
         n_init: int = 3,
+        fit_sample: Optional[int] = None,
         max_iter: int = 100,
         tol: float = 1e-4,
         chunk_size: int = 16384,
@@ -121,6 +134,7 @@ class OnlineKMeans:
         self.init = init
         self.init_sample = init_sample
         self.n_init = n_init
+        self.fit_sample = fit_sample
         self.max_iter = max_iter
         self.tol = tol
         self.chunk_size = chunk_size
@@ -129,8 +143,9 @@ class OnlineKMeans:
 
     # ----------------------------------------------------------------------------- public API
     def fit(self, x: ArrayLike) -> "OnlineKMeans":
-        """Seed, then Lloyd iterations on all of ``x`` until the centre shift is below tolerance."""
-        x = self._features(x)
+        """Seed, then Lloyd iterations on all of ``x`` (or its ``fit_sample`` rows) until the centre
+        shift is below tolerance."""
+        x = self._fit_rows(self._features(x))
         reduce = self.reduce_fn or no_reduce
         self.cluster_centers_ = self._initial_centers(x)
         tolerance = self.tol * self._mean_variance(x, reduce)
@@ -192,6 +207,13 @@ class OnlineKMeans:
         if not bool(torch.isfinite(x.sum(dim=1)).all()) and not bool(torch.isfinite(x).all()):
             raise EstimatorInputError("x contains NaN or inf; drop those frames first")
         return x
+
+    def _fit_rows(self, x: Tensor) -> Tensor:
+        """``x``, or ``fit_sample`` of its rows drawn without replacement (in row order) when it has more."""
+        if self.fit_sample is None:
+            return x
+        size = check_int(self.fit_sample, "fit_sample", check_int(self.n_clusters, "n_clusters", 1))
+        return x if x.shape[0] <= size else x[fit_sample_rows(x.shape[0], size, self.seed).to(x.device)]
 
     def _fitted_features(self, x: ArrayLike) -> Tensor:
         if not hasattr(self, "cluster_centers_"):
