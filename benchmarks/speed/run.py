@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, pin_faiss_openblas_kernels
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -1104,10 +1104,12 @@ def write_report(results: dict, out: Path) -> None:
                         if part.get("busy_processes_start") else ""))
     lines += ["", f"Report: `{results.get('report_command', '.venv/bin/python -m benchmarks.speed --report-only')}`.", "",
               f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), torch {m['torch']}, "
-              f"scikit-learn {m['sklearn']}, faiss {m['faiss'] or 'not installed'}, fairseq {m['fairseq']}, Python {m['python']}; "
-              f"GPU: {m['cuda'] or 'none'}. The 2 cores were shared with other engineers' jobs during the whole run "
-              "(load averages above 2 mean the benchmark did not have a core to itself): absolute times move with that load; "
-              "the ratios in one table are measured side by side, minutes apart, so they are the numbers to read.", ""]
+              f"scikit-learn {m['sklearn']}, faiss {m['faiss'] or 'not installed'}"
+              + (f" (its OpenBLAS kernels: {m['faiss_blas']})" if m.get("faiss_blas") else "")
+              + f", fairseq {m['fairseq']}, Python {m['python']}; "
+              f"GPU: {m['cuda'] or 'none'}. Other jobs may share the cores: the load averages listed with each command tell "
+              f"(above {m['torch_threads']}, the benchmark's own threads, something else ran beside it); absolute times move with "
+              "that load, while the ratios in one table are measured side by side, minutes apart, so they are the numbers to read.", ""]
 
     # ---- targets summary
     targets = kmeans_targets(results.get("kmeans", []))
@@ -1509,7 +1511,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     repeats = args.repeats or (1 if args.quick else 3)
     skip = set(filter(None, args.skip.split(",")))
-    results: dict = {"machine": machine(), "quick": args.quick, "repeats": repeats,
+    faiss_blas = pin_faiss_openblas_kernels()  # before faiss loads (in the k-means section)
+    results: dict = {"machine": dict(machine(), faiss_blas=faiss_blas), "quick": args.quick, "repeats": repeats,
                      "started": started_utc,
                      "command": " ".join([".venv/bin/python -m benchmarks.speed", *(argv if argv is not None else sys.argv[1:])])}
     gpu = torch.cuda.is_available()
