@@ -21,6 +21,7 @@ _INSTALL_HINT = {
     "accelerate": "pip install 'ssl_mi_callback[huggingface]' (or run scripts/setup_env.sh)",
     "lightning": "pip install 'ssl_mi_callback[lightning]' (or run scripts/setup_env.sh)",
     "matplotlib": "pip install 'ssl_mi_callback[plot]' (or run scripts/setup_env.sh)",
+    "faiss": "run scripts/setup_env.sh (the dev lock installs faiss-cpu, the speed benchmark's reference)",
 }
 
 
