@@ -101,8 +101,13 @@ def test_fit_sample_is_a_plain_fit_on_its_seeded_rows():
 
 @pytest.mark.parametrize("fit_sample", [49, 0, True, 2.5])
 def test_fit_sample_below_n_clusters_or_not_an_integer_is_rejected(fit_sample):
-    with pytest.raises(EstimatorInputError, match=r"fit_sample must be an integer >= 50"):
-        OnlineKMeans(50, fit_sample=fit_sample).fit(DATASETS["blobs32"]())
+    x = DATASETS["blobs32"]()
+    for method in (OnlineKMeans.fit, OnlineKMeans.partial_fit):
+        with pytest.raises(EstimatorInputError, match=r"fit_sample must be an integer >= 50"):
+            method(OnlineKMeans(50, fit_sample=fit_sample), x)
+    if not isinstance(fit_sample, (bool, float)) and fit_sample < 1:
+        with pytest.raises(EstimatorInputError, match=r"fit_sample must be an integer >= 1"):
+            fit_sample_rows(100, fit_sample, seed=0)
 
 
 def test_lockstep_seedings_equal_consecutive_single_seedings():

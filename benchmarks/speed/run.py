@@ -1066,7 +1066,8 @@ def kmeans_targets(rows: List[dict]) -> List[dict]:
         mb = methods.get("sklearn MiniBatchKMeans", {})
         fa = methods.get("faiss Kmeans", {})
         for criterion, key in (("T1", "seconds_t1"), ("T2", "seconds")):
-            target = {"N": n, "D": d, "K": k, "criterion": criterion, "minibatch": mb.get(key), "faiss": fa.get(key)}
+            target = {"N": n, "D": d, "K": k, "criterion": criterion, "minibatch": mb.get(key), "faiss": fa.get(key),
+                      "minibatch_ran": bool(mb), "faiss_ran": bool(fa)}
             for prefix, name, seconds, _ in OURS_VARIANTS:
                 ours = methods.get(name)
                 if ours is None:
@@ -1127,13 +1128,13 @@ def write_report(results: dict, out: Path) -> None:
         by_point.setdefault((t["N"], t["D"], t["K"]), {})[t["criterion"]] = t
     for (n, d, k), crit in by_point.items():
         both = lambda c, key: "; ".join(f"{label}: {c[prefix + key]}" for prefix, _, _, label in OURS_VARIANTS if prefix + key in c)
-        if crit["T2"]["vs_minibatch"] != "MiniBatchKMeans not run":
+        if crit["T2"]["minibatch_ran"]:
             lines.append(f"| ours >= MiniBatchKMeans speed | {n}, {d}, {k} | {both(crit['T1'], 'vs_minibatch')} | {both(crit['T2'], 'vs_minibatch')} |")
-        if crit["T2"]["vs_faiss"] != "faiss not run":
+        if crit["T2"]["faiss_ran"]:
             lines.append(f"| ours >= 0.8x faiss | {n}, {d}, {k} | {both(crit['T1'], 'vs_faiss')} | {both(crit['T2'], 'vs_faiss')} |")
     for row in results.get("kmeans", []):
         if "method" not in row and row.get("skipped"):
-            lines.append(f"| both | {row['N']}, {row['D']}, {row['K']} | not run: {row['skipped']} | |")
+            lines.append(f"| all | {row['N']}, {row['D']}, {row['K']} | not run: {row['skipped']} | |")
     other_start = len(lines)
     lines += ["", "Other targets:", "", "| target | where | result |", "|---|---|---|"]
     for r in evaluation:
@@ -1164,7 +1165,7 @@ def write_report(results: dict, out: Path) -> None:
     if len(lines) == other_start + 5:  # a run of k-means only: no other target was measured
         del lines[other_start:]
     gpu_results = HERE / "results_gpu.md"
-    lines += ["", "GPU rows: " + ("measured by `python -m benchmarks.speed.gpu`, in [results_gpu.md](results_gpu.md)."
+    lines += [] if out.resolve() != HERE else ["", "GPU rows: " + ("measured by `python -m benchmarks.speed.gpu`, in [results_gpu.md](results_gpu.md)."
                                   if gpu_results.exists() else
                                   "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
                                   "`benchmarks/speed/device/prepare.sh` here, `benchmarks/speed/device/run.sh` there) and writes "
@@ -1360,7 +1361,7 @@ def write_report(results: dict, out: Path) -> None:
                   "method's own best; a method cut by the budget sets it with the best it reached within the budget). Times are medians of "
                   "the repeats of that setting (how many in brackets; 1 = the ladder's single timing, where repeats would pass the budget "
                   "or the setting was not the one first timed); "
-                  "`speed-up of ours` = that method's time / ours.fit at T2 (> 1: ours faster); frames/s = N / time to T2. "
+                  "`speed-up of ours` = that method's time / ours.fit's at T2 (> 1: ours.fit faster); frames/s = N / time to T2. "
                   "Each method gets a warm-up call first.", "",
                   "| N | D | K | method | T2: setting | T2: time (s) | T2: frames/s | T2: speed-up of ours | T1: setting | T1: time (s) | own best inertia / best | own best: setting, time (s) | ladder |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -1384,7 +1385,7 @@ def write_report(results: dict, out: Path) -> None:
         for gpu_row in results.get("kmeans_gpu", []):
             lines.append(gpu_row + " | | | | |")
         lines += ["", f"Grid: {results['kmeans_grid_note']}.", ""]
-        if targets:
+        if any(t["faiss_ran"] or t["minibatch_ran"] for t in targets):  # a reference to compare with
             variants = [(prefix, label, seconds) for prefix, _, seconds, label in OURS_VARIANTS if any(seconds in t for t in targets)]
             lines += ["Targets per point (speed ratio = their time / ours; ours >= MiniBatchKMeans needs >= 1x, >= 0.8x faiss needs >= 0.8x; "
                       "`fit` is the evaluator's setting, the streaming `partial_fit` path and `fit` on faiss's training sample "

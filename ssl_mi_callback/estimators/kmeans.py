@@ -78,7 +78,7 @@ def kmeans_plusplus(
 def fit_sample_rows(n_rows: int, size: int, seed: int) -> Tensor:
     """The rows (ascending) that ``OnlineKMeans(fit_sample=size, seed=seed).fit`` uses of ``n_rows``:
     ``size`` drawn without replacement from the seed's own stream (all rows when ``size >= n_rows``)."""
-    if size >= n_rows:
+    if check_int(size, "fit_sample", 1) >= n_rows:
         return torch.arange(n_rows)
     return torch.randperm(n_rows, generator=make_generator(seed, "kmeans-fit-sample"))[:size].sort().values
 
@@ -100,17 +100,20 @@ class OnlineKMeans:
 
     Parameters: ``n_clusters`` K; ``seed`` for sampling and seeding; ``init`` "k-means++" or a (K, D)
     array of initial centres; ``init_sample`` the most rows k-means++ looks at; ``n_init`` k-means++
-    runs on that sample, the one with the lowest potential is kept; ``fit_sample`` the most rows
-    ``fit`` uses (seeding, tolerance and Lloyd iterations all on one seeded random subset of that size,
-    drawn once per process; None, the default: all rows; like faiss's training sample of 256 points
-    per centre, it trades centres fitted to a sample for speed at large N); ``max_iter`` Lloyd
+    runs on that sample, the one with the lowest potential is kept; ``fit_sample`` the most rows of
+    each process that ``fit`` uses (seeding, tolerance and Lloyd iterations all on one seeded random
+    subset of the process's rows, at the same positions on every process; with ``reduce_fn`` over P
+    processes the statistics sum up to P * ``fit_sample`` rows; None, the default: all rows; like
+    faiss's training sample of 256 points per centre, it trades centres fitted to a sample for speed
+    at large N; ``partial_fit`` ignores it); ``max_iter`` Lloyd
     iterations in ``fit``; ``tol`` stop when the squared centre shift sum_k ||mu_k' - mu_k||^2 falls
     below tol * mean per-dimension variance (as sklearn); ``chunk_size`` rows per distance block
     (memory stays O(chunk_size * K)); ``device`` where to compute (default: the input's device).
 
     Fitted state: ``cluster_centers_`` (K, D), ``sums_`` (K, D) float64, ``counts_`` (K,) float64,
     ``inertia_`` mean squared distance measured in the last pass (under the centres before its update;
-    over the ``fit_sample`` rows when set),
+    over the ``fit_sample`` rows when set, as are ``sums_`` and ``counts_``, so a ``partial_fit`` after a
+    sampled ``fit`` weighs its batch against the sample's counts),
     ``n_iter_`` Lloyd iterations of the last ``fit``, ``n_updates_`` centre updates in all.
     """
 
@@ -165,6 +168,7 @@ class OnlineKMeans:
     def partial_fit(self, x: ArrayLike) -> "OnlineKMeans":
         """One mini-batch update with ``x``; the first call seeds the centres from ``x`` (or ``init``)."""
         x = self._features(x)
+        self._checked_fit_sample()  # unused here, but a bad value is an error in every method that fits
         reduce = self.reduce_fn or no_reduce
         if not hasattr(self, "cluster_centers_"):
             self.cluster_centers_ = self._initial_centers(x)
@@ -210,10 +214,14 @@ class OnlineKMeans:
 
     def _fit_rows(self, x: Tensor) -> Tensor:
         """``x``, or ``fit_sample`` of its rows drawn without replacement (in row order) when it has more."""
+        size = self._checked_fit_sample()
+        return x if size is None or x.shape[0] <= size else x[fit_sample_rows(x.shape[0], size, self.seed).to(x.device)]
+
+    def _checked_fit_sample(self) -> Optional[int]:
+        """``fit_sample`` (None or an integer >= n_clusters, checked by fit and partial_fit alike)."""
         if self.fit_sample is None:
-            return x
-        size = check_int(self.fit_sample, "fit_sample", check_int(self.n_clusters, "n_clusters", 1))
-        return x if x.shape[0] <= size else x[fit_sample_rows(x.shape[0], size, self.seed).to(x.device)]
+            return None
+        return check_int(self.fit_sample, "fit_sample", check_int(self.n_clusters, "n_clusters", 1))
 
     def _fitted_features(self, x: ArrayLike) -> Tensor:
         if not hasattr(self, "cluster_centers_"):
