@@ -1,13 +1,14 @@
 """What machine a benchmark ran on (shared by the benchmarks' result headers)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 
 def _cpuinfo(field: str) -> Optional[str]:
@@ -62,8 +63,9 @@ def pin_faiss_openblas_kernels() -> Optional[str]:
     OpenBLAS uses, for the report (None without faiss-cpu).
 
     faiss-cpu 1.15.1 bundles OpenBLAS 0.3.15, which falls back to its SSE3 ``Prescott`` kernels on a CPU
-    model it does not know (on an AVX-512 Xeon of 2026, faiss's 10-iteration k-means on 200 000 x 768,
-    K = 100, took 1.95-2.14 s against 0.74-0.92 s with ``SkylakeX``). Then, unless the user chose
+    model it does not know (on an AVX-512 Xeon of 2026, faiss's cheapest k-means setting at N = 1e6,
+    D = 768, K = 500 took 51.9 s against 8.97 s with ``SkylakeX``: benchmarks/speed/kmeans_fit_sample,
+    and the same command under OPENBLAS_CORETYPE=Prescott). Then, unless the user chose
     kernels, OPENBLAS_CORETYPE is set to the newest family the CPU's flags allow (``SkylakeX`` with
     AVX-512, ``Haswell`` with AVX2), so that the comparison is with faiss at its best on this machine,
     not with a detection gap. The variable is process-wide: every OpenBLAS loaded after this call (scipy's,
@@ -84,3 +86,17 @@ def pin_faiss_openblas_kernels() -> Optional[str]:
         return f"{chosen} (detected by OpenBLAS; the CPU has no AVX2)"
     os.environ["OPENBLAS_CORETYPE"] = better
     return f"{openblas_kernels(library)} (OPENBLAS_CORETYPE={better} set by the benchmark: OpenBLAS detected {chosen}, its fallback for a CPU it does not know)"
+
+
+@contextlib.contextmanager
+def faiss_openblas_kernels_pinned() -> Iterator[Optional[str]]:
+    """:func:`pin_faiss_openblas_kernels` for the ``with`` block only: OPENBLAS_CORETYPE is restored
+    afterwards, so processes started later (the benchmark's training runs) pick their own kernels."""
+    before = os.environ.get("OPENBLAS_CORETYPE")
+    try:
+        yield pin_faiss_openblas_kernels()
+    finally:
+        if before is None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = before

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from benchmarks.machine import cpu_model, pin_faiss_openblas_kernels
+from benchmarks.machine import cpu_model, faiss_openblas_kernels_pinned
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -1073,10 +1073,10 @@ def kmeans_targets(rows: List[dict]) -> List[dict]:
                 if ours is None:
                     continue
                 target[seconds] = ours.get(key)
-                target[prefix + "vs_minibatch"] = _ratio_verdict(
-                    mb.get(key), ours.get(key), 1.0, "MiniBatchKMeans", bool(mb.get("budget_cut")), bool(ours.get("budget_cut"))) if mb else "MiniBatchKMeans not run"
-                target[prefix + "vs_faiss"] = _ratio_verdict(
-                    fa.get(key), ours.get(key), 0.8, "faiss", bool(fa.get("budget_cut")), bool(ours.get("budget_cut"))) if fa else "faiss not run"
+                for suffix, other, other_name, need in (("vs_minibatch", mb, "MiniBatchKMeans", 1.0), ("vs_faiss", fa, "faiss", 0.8)):
+                    target[prefix + suffix] = _ratio_verdict(
+                        other.get(key), ours.get(key), need, other_name, bool(other.get("budget_cut")),
+                        bool(ours.get("budget_cut"))) if other else f"{other_name} not run"
             out.append(target)
     return out
 
@@ -1135,8 +1135,8 @@ def write_report(results: dict, out: Path) -> None:
     for row in results.get("kmeans", []):
         if "method" not in row and row.get("skipped"):
             lines.append(f"| all | {row['N']}, {row['D']}, {row['K']} | not run: {row['skipped']} | |")
-    other_start = len(lines)
-    lines += ["", "Other targets:", "", "| target | where | result |", "|---|---|---|"]
+    other_start, other_header = len(lines), ["", "Other targets:", "", "| target | where | result |", "|---|---|---|"]
+    lines += other_header
     for r in evaluation:
         lines.append(f"| full evaluation <= 1.25x two-view forward (target is for the GPU) | CPU, {r['model'].split(' (')[0]} | "
                      f"{r['ratio_evaluate_to_forward']:.2f}x on CPU (GPU: {PENDING_GPU}) |")
@@ -1162,14 +1162,15 @@ def write_report(results: dict, out: Path) -> None:
                          f"{row['recipe']}, CPU{' (--quick: smoke run)' if bo.get('quick') else ''} | "
                          f"{'met' if row['met'] else 'missed'} ({row['overhead_percent']:.3g}%: one evaluation per "
                          f"{row['validate_interval_updates']} updates; see section 3b) |")
-    if len(lines) == other_start + 5:  # a run of k-means only: no other target was measured
+    if len(lines) == other_start + len(other_header):  # a run of k-means only: no other target was measured
         del lines[other_start:]
     gpu_results = HERE / "results_gpu.md"
-    lines += [] if out.resolve() != HERE else ["", "GPU rows: " + ("measured by `python -m benchmarks.speed.gpu`, in [results_gpu.md](results_gpu.md)."
-                                  if gpu_results.exists() else
-                                  "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
-                                  "`benchmarks/speed/device/prepare.sh` here, `benchmarks/speed/device/run.sh` there) and writes "
-                                  "results_gpu.md; the pending rows below stay until then.")]
+    if out.resolve() == HERE:  # the GPU rows belong to the main report
+        lines += ["", "GPU rows: " + ("measured by `python -m benchmarks.speed.gpu`, in [results_gpu.md](results_gpu.md)."
+                                      if gpu_results.exists() else
+                                      "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
+                                      "`benchmarks/speed/device/prepare.sh` here, `benchmarks/speed/device/run.sh` there) and writes "
+                                      "results_gpu.md; the pending rows below stay until then.")]
     lines.append("")
     notes = HERE / "results_notes.md"  # hand-written reading of the current run (kept by --report-only)
     if notes.exists() and out.resolve() == HERE:
@@ -1520,8 +1521,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     repeats = args.repeats or (1 if args.quick else 3)
     skip = set(filter(None, args.skip.split(",")))
-    faiss_blas = pin_faiss_openblas_kernels()  # before faiss loads (in the k-means section)
-    results: dict = {"machine": dict(machine(), faiss_blas=faiss_blas), "quick": args.quick, "repeats": repeats,
+    results: dict = {"machine": machine(), "quick": args.quick, "repeats": repeats,
                      "started": started_utc,
                      "command": " ".join([".venv/bin/python -m benchmarks.speed", *(argv if argv is not None else sys.argv[1:])])}
     gpu = torch.cuda.is_available()
@@ -1557,8 +1557,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             results["loadavg_end"] = list(os.getloadavg())
             (out_early / "results.partial.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
 
-        results["kmeans"] = bench_kmeans(grid, repeats, threads, budget_s=budget, method_budget_s=args.method_budget,
-                                         checkpoint=checkpoint, only=only)
+        with faiss_openblas_kernels_pinned() as faiss_blas:  # before faiss loads; later sections' processes keep their own
+            results["machine"]["faiss_blas"] = faiss_blas
+            results["kmeans"] = bench_kmeans(grid, repeats, threads, budget_s=budget, method_budget_s=args.method_budget,
+                                             checkpoint=checkpoint, only=only)
         prof_cfg = (20000, 256, 50) if args.quick else (100000, 768, 50)
         results["kmeans_profile"] = kmeans_iteration_profile(*prof_cfg, repeats=repeats)
     else:
