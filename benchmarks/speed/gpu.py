@@ -219,6 +219,31 @@ def bench_kmeans(grid: List[tuple], device: torch.device, levels: List[int]) -> 
 
 
 # ----------------------------------------------------------------------------------- report
+def target_rows(results: dict) -> List[str]:
+    """The GPU rows of the main report's target table (run.py), from a results_gpu.json: the evaluation's
+    ratio to its forward (<= 1.25x), the hook's overhead at the base recipes' defaults and in the tiny
+    recipe (<= 2%)."""
+    where = f"GPU ({results['machine']['cuda'] or results['device']})"
+    rows = []
+    for row in results.get("evaluation") or []:
+        if "skipped" not in row:
+            ratio = row["ratio_evaluate_to_forward"]
+            rows.append(f"| full evaluation <= 1.25x two-view forward | {where}, {row['model'].split(' (')[0]}, "
+                        f"{row['audio_seconds']:.0f} s of audio, {row['dtype']} weights | {'met' if ratio <= 1.25 else 'missed'} "
+                        f"({ratio:.2f}x; [results_gpu.md](results_gpu.md)) |")
+    for row in results.get("base_overhead") or []:
+        if "skipped" not in row:
+            rows.append(f"| hook adds <= 2% to training wall time at the recipe defaults, base recipes (estimated from measured parts) | "
+                        f"{where}, {row['model']}, {row['precision']} | {'met' if row['overhead_percent'] <= 2 else 'missed'} "
+                        f"({row['overhead_percent']:.3g}%: one evaluation per {row['validate_interval_updates']} updates) |")
+    hook = results.get("hook")
+    if hook and "skipped" not in hook:
+        percent = hook["overhead_percent_eval_of_stock_train"]
+        rows.append(f"| hook adds <= 2% to training wall time at the recipe defaults | {where}, tiny_wav2vec2 with common.fp16 | "
+                    f"{'met' if percent <= 2 else 'missed'} ({percent:.1f}% by the hook's own evaluation time) |")
+    return rows
+
+
 def _f(value, digits: int = 2) -> str:
     return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 

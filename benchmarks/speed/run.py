@@ -1137,9 +1137,11 @@ def write_report(results: dict, out: Path) -> None:
             lines.append(f"| all | {row['N']}, {row['D']}, {row['K']} | not run: {row['skipped']} | |")
     other_start, other_header = len(lines), ["", "Other targets:", "", "| target | where | result |", "|---|---|---|"]
     lines += other_header
+    gpu_json = HERE / "results_gpu.json"
+    gpu_results = json.loads(gpu_json.read_text()) if out.resolve() == HERE and gpu_json.exists() else None
     for r in evaluation:
         lines.append(f"| full evaluation <= 1.25x two-view forward (target is for the GPU) | CPU, {r['model'].split(' (')[0]} | "
-                     f"{r['ratio_evaluate_to_forward']:.2f}x on CPU (GPU: {PENDING_GPU}) |")
+                     f"{r['ratio_evaluate_to_forward']:.2f}x on CPU (GPU: {'the GPU rows below' if gpu_results else PENDING_GPU}) |")
     probe_a = [p for p in results.get("probes", []) if p.get("part") == "a" and p.get("seconds")]
     probe_b = [p for p in results.get("probes", []) if p.get("part") == "b" and p.get("seconds")]
     if len(probe_a) == 2:
@@ -1162,12 +1164,16 @@ def write_report(results: dict, out: Path) -> None:
                          f"{row['recipe']}, CPU{' (--quick: smoke run)' if bo.get('quick') else ''} | "
                          f"{'met' if row['met'] else 'missed'} ({row['overhead_percent']:.3g}%: one evaluation per "
                          f"{row['validate_interval_updates']} updates; see section 3b) |")
+    if gpu_results:  # the GPU rows belong to the main report
+        from benchmarks.speed import gpu as gpu_bench
+
+        lines += gpu_bench.target_rows(gpu_results)
     if len(lines) == other_start + len(other_header):  # a run of k-means only: no other target was measured
         del lines[other_start:]
-    gpu_results = HERE / "results_gpu.md"
-    if out.resolve() == HERE:  # the GPU rows belong to the main report
-        lines += ["", "GPU rows: " + ("measured by `python -m benchmarks.speed.gpu`, in [results_gpu.md](results_gpu.md)."
-                                      if gpu_results.exists() else
+    if out.resolve() == HERE:
+        lines += ["", "GPU rows: " + (f"measured by `{gpu_results['command']}` on {gpu_results['machine']['cuda']} "
+                                      f"({gpu_results['started']} UTC), in [results_gpu.md](results_gpu.md)."
+                                      if gpu_results else
                                       "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
                                       "`benchmarks/speed/device/prepare.sh` here, `benchmarks/speed/device/run.sh` there) and writes "
                                       "results_gpu.md; the pending rows below stay until then.")]
