@@ -305,16 +305,8 @@ class LinearProbe(_Probe):
         self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor, max_iter: int
     ) -> Tuple[Tensor, Tensor, int]:
         """Minimise the penalised objective (:meth:`_objective`) at one L2 strength from (weight, bias) with
-        at most ``max_iter`` L-BFGS iterations; returns the solution (on ``x``'s device) and the iterations used.
-
-        The optimiser's state (the iterate, its curvature pairs, the line search) lives on the host, whatever
-        ``x``'s device: only the objective runs there, with one device-to-host copy per evaluation. Kept on a
-        GPU, torch's L-BFGS waits for the device dozens of times per iteration (each curvature pair's step
-        size is read back as a number), which made the probe cost as much as the model's forward over an hour
-        of audio on an H200 (benchmarks/speed/results_gpu.md). On the CPU nothing changes.
-        """
-        device = x.device
-        weight, bias = weight.detach().to("cpu", copy=True), bias.detach().to("cpu", copy=True)
+        at most ``max_iter`` L-BFGS iterations; returns the solution and the iterations used."""
+        weight, bias = weight.clone(), bias.clone()
         optimizer = torch.optim.LBFGS(
             [weight, bias],
             lr=1.0,
@@ -327,17 +319,13 @@ class LinearProbe(_Probe):
 
         def closure() -> Tensor:
             with torch.no_grad():
-                loss, grad_weight, grad_bias = self._objective(x, y, n_classes, strength, weight.to(device), bias.to(device))
-                # loss and gradients in one buffer: one copy to the host (a no-op copy on the CPU)
-                values = torch.cat([loss.view(1), grad_weight.reshape(-1), grad_bias]).to("cpu")
-                weight.grad = values[1 : 1 + weight.numel()].view_as(weight)
-                bias.grad = values[1 + weight.numel() :]
-            return values[0]
+                loss, weight.grad, bias.grad = self._objective(x, y, n_classes, strength, weight, bias)
+            return loss
 
         optimizer.step(closure)
         n_iter = int(optimizer.state[weight].get("n_iter", 0))
         weight.grad = bias.grad = None
-        return weight.to(device), bias.to(device), n_iter
+        return weight, bias, n_iter
 
     def _cross_validate(
         self, x: Tensor, y: Tensor, groups: Tensor, n_classes: int, grid: List[float]
@@ -345,8 +333,7 @@ class LinearProbe(_Probe):
         """Held-out cross-entropy (bits per frame, over all folds) along the path; index of the best
         (0 = the marginal, i = grid[i - 1]); the folds' (weight, bias) at the best."""
         held_out = _group_folds(groups, check_int(self.folds, "folds", 2), make_generator(self.seed, "probe-folds"))
-        training = [(x[~part], y[~part]) for part in held_out]  # each fold's training frames, copied once
-        states = [self._marginal(y_fold, n_classes, x.shape[1]) for _, y_fold in training]
+        states = [self._marginal(y[~part], n_classes, x.shape[1]) for part in held_out]
 
         def score() -> float:
             total = 0.0
@@ -359,8 +346,8 @@ class LinearProbe(_Probe):
         best, waited, best_states = 0, 0, states
         for index, strength in enumerate(grid, start=1):
             states = [
-                self._solve(x_fold, y_fold, n_classes, strength, weight, bias, self.path_iter)[:2]
-                for (x_fold, y_fold), (weight, bias) in zip(training, states)
+                self._solve(x[~part], y[~part], n_classes, strength, weight, bias, self.path_iter)[:2]
+                for part, (weight, bias) in zip(held_out, states)
             ]
             curve.append(score())
             if curve[-1] < curve[best] - 1e-6:
