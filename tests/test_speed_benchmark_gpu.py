@@ -16,9 +16,7 @@ import pytest
 from conftest import require
 from fairseq_runs import ROOT
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_gpu_command_runs_every_section_on_the_cpu(speech_corpus, tmp_path):
     require("fairseq")
     out = tmp_path / "out"
@@ -47,3 +45,28 @@ def test_gpu_command_runs_every_section_on_the_cpu(speech_corpus, tmp_path):
     report = (out / "results_gpu.md").read_text()
     for heading in ("## 1. One full evaluation", "## 2. Hook overhead", "## 3. k-means on the GPU", "## 4. The tiny fairseq recipe"):
         assert heading in report
+
+
+def test_target_rows_of_the_committed_gpu_run_state_each_ratio_and_verdict():
+    """The main report's GPU target rows (gpu.target_rows) from the committed results_gpu.json: one row per
+    measured precision and section, the ratio as measured, 'met' exactly when the target holds; failed
+    rows are left out."""
+    from benchmarks.speed import gpu
+
+    results = json.loads((ROOT / "benchmarks/speed/results_gpu.json").read_text())
+    rows = gpu.target_rows(results)
+    evaluation = [r for r in results["evaluation"] if "skipped" not in r]
+    overhead = [r for r in results["base_overhead"] if "skipped" not in r]
+    assert len(rows) == len(evaluation) + len(overhead) + 1 and len(evaluation) == 2
+    for row, measured in zip(rows, evaluation):
+        ratio = measured["ratio_evaluate_to_forward"]
+        assert f"{measured['dtype']} weights" in row and f"{ratio:.2f}x" in row
+        assert ("| met (" in row) == (ratio <= 1.25) and results["machine"]["cuda"] in row
+    for row, measured in zip(rows[len(evaluation):], overhead):
+        assert f"{measured['overhead_percent']:.3g}%" in row and ("| met (" in row) == (measured["overhead_percent"] <= 2)
+    percent = results["hook"]["overhead_percent_eval_of_stock_train"]
+    assert f"{percent:.1f}%" in rows[-1] and ("| met (" in rows[-1]) == (percent <= 2)
+
+    failed = dict(results, evaluation=[{"dtype": "float32", "skipped": "RuntimeError: out of memory"}],
+                  base_overhead=[{"skipped": "x"}], hook={"skipped": "x"})
+    assert gpu.target_rows(failed) == []

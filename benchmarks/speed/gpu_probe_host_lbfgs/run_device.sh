@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Device call 2 of 2026-11-27 (carried in .device, not part of the repo): the GPU rows with the host-side
-# L-BFGS probe, the CUDA-only tests, and a same-machine baseline of the evaluation with the probe of 4b41ff7.
+# Device call 2 of 2026-11-27, kept as it ran (from .device/run2.sh): the GPU rows with the host-side L-BFGS
+# probe of commit cb6b7b7 (reverted in ce44ef7), the CUDA-only tests, and a same-machine baseline of the
+# evaluation with the probe of 4b41ff7; then the host-side probe again with OMP_NUM_THREADS=1. To repeat:
+# check out cb6b7b7, `bash benchmarks/speed/device/prepare.sh CORPUS`,
+# `git show 4b41ff7:ssl_mi_callback/estimators/probes.py > .device/probes_before.py`, copy this file to
+# .device/run2.sh, and run `bash .device/run2.sh` on the device with .device carried. Outputs: notes.md.
 set -u
 out=${OUT:?}
 t0=$(date +%s)
