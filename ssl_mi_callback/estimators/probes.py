@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import lbfgs
 from .seeding import make_generator
 from .splits import split_by_group
 from .validation import (
@@ -305,27 +306,27 @@ class LinearProbe(_Probe):
         self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor, max_iter: int
     ) -> Tuple[Tensor, Tensor, int]:
         """Minimise the penalised objective (:meth:`_objective`) at one L2 strength from (weight, bias) with
-        at most ``max_iter`` L-BFGS iterations; returns the solution and the iterations used."""
-        weight, bias = weight.clone(), bias.clone()
-        optimizer = torch.optim.LBFGS(
-            [weight, bias],
-            lr=1.0,
-            max_iter=max_iter,
-            tolerance_grad=float(self.tolerance),
-            tolerance_change=1e-12,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
+        at most ``max_iter`` L-BFGS iterations (:func:`.lbfgs.minimize`, torch's L-BFGS with a strong-Wolfe
+        line search, history 20, reading the device once per objective evaluation); returns the solution
+        and the iterations used."""
+        n_weights = weight.numel()
 
-        def closure() -> Tensor:
-            with torch.no_grad():
-                loss, weight.grad, bias.grad = self._objective(x, y, n_classes, strength, weight, bias)
-            return loss
+        def objective(flat: Tensor) -> Tuple[Tensor, Tensor]:
+            loss, grad_weight, grad_bias = self._objective(
+                x, y, n_classes, strength, flat[:n_weights].view_as(weight), flat[n_weights:]
+            )
+            return loss, torch.cat([grad_weight.reshape(-1), grad_bias])
 
-        optimizer.step(closure)
-        n_iter = int(optimizer.state[weight].get("n_iter", 0))
-        weight.grad = bias.grad = None
-        return weight, bias, n_iter
+        with torch.no_grad():
+            result = lbfgs.minimize(
+                objective,
+                torch.cat([weight.reshape(-1), bias]),
+                max_iter=max_iter,
+                tolerance_grad=float(self.tolerance),
+                tolerance_change=1e-12,
+                history_size=20,
+            )
+        return result.x[:n_weights].view_as(weight), result.x[n_weights:], result.n_iter
 
     def _cross_validate(
         self, x: Tensor, y: Tensor, groups: Tensor, n_classes: int, grid: List[float]

@@ -1,0 +1,120 @@
+"""The probe's L-BFGS (ssl_mi_callback/estimators/lbfgs.py) against torch.optim.LBFGS, whose algorithm it
+keeps, and against closed-form answers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssl_mi_callback.estimators import lbfgs
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
+]
+
+
+def two_loop(steps, changes, g):
+    """The textbook two-loop recursion for H g, H0 = gamma I with the newest pair's gamma (float64)."""
+    q, alphas = g.clone(), []
+    for s, y in reversed(list(zip(steps, changes))):
+        alpha = s.dot(q) / s.dot(y)
+        q -= alpha * y
+        alphas.append(alpha)
+    r = q * (steps[-1].dot(changes[-1]) / changes[-1].dot(changes[-1]))
+    for (s, y), alpha in zip(zip(steps, changes), reversed(alphas)):
+        r += s * (alpha - y.dot(r) / s.dot(y))
+    return r
+
+
+@pytest.mark.parametrize("pairs, size", [(3, 5), (5, 5), (9, 4)])
+def test_compact_inverse_hessian_product_equals_the_two_loop_recursion(pairs, size):
+    """The compact form over the ring buffer (also after it wrapped around: 9 pairs in 4 slots keep the
+    newest 4) gives the two-loop recursion's H g."""
+    generator = torch.Generator().manual_seed(pairs)
+    dim = 30
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    hessian = a @ a.T + dim * torch.eye(dim, dtype=torch.float64)  # positive definite: s^T y > 0
+    ring = lbfgs._Pairs(size, torch.zeros(dim, dtype=torch.float64))
+    steps, changes = [], []
+    for _ in range(pairs):
+        s = torch.randn(dim, generator=generator, dtype=torch.float64)
+        y = hessian @ s
+        ring.add(s, y)
+        steps, changes = (steps + [s])[-size:], (changes + [y])[-size:]
+    g = torch.randn(dim, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(ring.inverse_hessian_times(g), two_loop(steps, changes, g), rtol=1e-9, atol=1e-12)
+
+
+def logistic_problem(seed: int, n: int = 600, d: int = 12, k: int = 5, strength: float = 1e-3, device: str = "cpu"):
+    """Multinomial logistic regression with L2 on W (the probe's kind of objective), as a flat-vector
+    objective with its closed-form gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=generator)
+    labels = torch.randint(0, k, (n,), generator=generator)
+    x = (centers[labels] * 0.7 + torch.randn(n, d, generator=generator)).to(device)
+    labels = labels.to(device)
+    rows = torch.arange(n, device=device)
+
+    def objective(flat: torch.Tensor):
+        weight, bias = flat[: k * d].view(k, d), flat[k * d:]
+        log_p = torch.log_softmax(x @ weight.T + bias, dim=1)
+        loss = -log_p[rows, labels].mean() + 0.5 * strength * (weight * weight).sum()
+        residual = log_p.exp()
+        residual[rows, labels] -= 1.0
+        grad_weight = residual.T @ x / n + strength * weight
+        return loss, torch.cat([grad_weight.reshape(-1), residual.sum(0) / n])
+
+    return objective, k * d + k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed, max_iter, history", [(0, 10, 20), (1, 200, 20), (2, 200, 3)])
+def test_iterates_agree_with_torch_lbfgs(seed, max_iter, history, device):
+    """Same problem, start and settings as torch.optim.LBFGS(line_search_fn='strong_wolfe'): the same minimum
+    to float32 rounding, and the same number of iterations and evaluations up to where the search stops
+    at float32's resolution of f (torch rounds its step lengths to float32, ours keeps float64, so the
+    last few iterations of a long run can differ; a history of 3 makes the ring wrap)."""
+    objective, size = logistic_problem(seed, device=device)
+    ours = lbfgs.minimize(objective, torch.zeros(size, device=device), max_iter=max_iter, tolerance_grad=1e-5,
+                          tolerance_change=1e-12, history_size=history)
+
+    theirs = torch.zeros(size, device=device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([theirs], lr=1, max_iter=max_iter, tolerance_grad=1e-5, tolerance_change=1e-12,
+                                  history_size=history, line_search_fn="strong_wolfe")
+
+    def closure():
+        with torch.no_grad():
+            loss, theirs.grad = objective(theirs)
+        return loss
+
+    optimizer.step(closure)
+    n_iter, n_evals = optimizer.state[theirs]["n_iter"], optimizer.state[theirs]["func_evals"]
+    if max_iter <= 10:  # stopped by max_iter, far from float32's floor: the same path
+        assert (ours.n_iter, ours.n_evals) == (n_iter, n_evals)
+    assert abs(ours.n_iter - n_iter) <= max(2, n_iter // 10) and abs(ours.n_evals - n_evals) <= max(3, n_evals // 5)
+    assert ours.loss == pytest.approx(float(objective(theirs.detach())[0]), rel=1e-6)
+    torch.testing.assert_close(ours.x, theirs.detach(), rtol=0, atol=1e-3)  # a flat minimum: f agrees to 1e-6
+
+
+def test_quadratic_reaches_its_closed_form_minimum():
+    """f(x) = x^T A x / 2 - b^T x: the minimum A^-1 b, to the gradient tolerance."""
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(20, 20, generator=generator, dtype=torch.float64)
+    hessian = a @ a.T + torch.eye(20, dtype=torch.float64)
+    b = torch.randn(20, generator=generator, dtype=torch.float64)
+    result = lbfgs.minimize(lambda x: (0.5 * x @ hessian @ x - b @ x, hessian @ x - b),
+                            torch.zeros(20, dtype=torch.float64), max_iter=500, tolerance_grad=1e-10,
+                            tolerance_change=1e-15)
+    torch.testing.assert_close(result.x, torch.linalg.solve(hessian, b), rtol=1e-6, atol=1e-8)
+    assert 0 < result.n_iter < 500
+
+
+def test_start_at_the_minimum_takes_no_iteration_and_limits_hold():
+    objective, size = logistic_problem(4)
+    start = lbfgs.minimize(objective, torch.zeros(size), max_iter=500, tolerance_grad=1e-6).x
+    again = lbfgs.minimize(objective, start, max_iter=500, tolerance_grad=1e-2)
+    assert again.n_iter == 0 and again.n_evals == 1 and torch.equal(again.x, start)
+    capped = lbfgs.minimize(objective, torch.zeros(size), max_iter=3, tolerance_grad=1e-12)
+    assert 1 <= capped.n_iter <= 3 and capped.n_evals <= 3 * 5 // 4  # max_eval: 1.25 max_iter, as torch
+    with pytest.raises(ValueError, match="1-d"):
+        lbfgs.minimize(objective, torch.zeros(1, size), max_iter=3)
