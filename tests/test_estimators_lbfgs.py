@@ -39,7 +39,7 @@ def test_compact_inverse_hessian_product_equals_the_two_loop_recursion(pairs, si
     for _ in range(pairs):
         s = torch.randn(dim, generator=generator, dtype=torch.float64)
         y = hessian @ s
-        ring.add(s, y)
+        ring.add(s, y, float(s.dot(y)))
         steps, changes = (steps + [s])[-size:], (changes + [y])[-size:]
     g = torch.randn(dim, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(ring.inverse_hessian_times(g), two_loop(steps, changes, g), rtol=1e-9, atol=1e-12)
@@ -68,7 +68,7 @@ def logistic_problem(seed: int, n: int = 600, d: int = 12, k: int = 5, strength:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed, max_iter, history", [(0, 10, 20), (1, 200, 20), (2, 200, 3)])
+@pytest.mark.parametrize("seed, max_iter, history", [(0, 10, 20), (3, 10, 3), (1, 200, 20), (2, 200, 3)])
 def test_iterates_agree_with_torch_lbfgs(seed, max_iter, history, device):
     """Same problem, start and settings as torch.optim.LBFGS(line_search_fn='strong_wolfe'): the same minimum
     to float32 rounding, and the same number of iterations and evaluations up to where the search stops
@@ -118,3 +118,83 @@ def test_start_at_the_minimum_takes_no_iteration_and_limits_hold():
     assert 1 <= capped.n_iter <= 3 and capped.n_evals <= 3 * 5 // 4  # max_eval: 1.25 max_iter, as torch
     with pytest.raises(ValueError, match="1-d"):
         lbfgs.minimize(objective, torch.zeros(1, size), max_iter=3)
+
+
+def test_line_search_matches_torch_strong_wolfe_on_non_convex_lines():
+    """Our strong-Wolfe search against torch's own (torch.optim.lbfgs._strong_wolfe) along 120 steepest-descent
+    lines of random wavy functions sum sin(b x) / b + c x^2 (float64, so torch's float32 step rounding does not
+    enter), from first steps of 1e-4 to 8 (extrapolation, bracketing and the zoom all run): the same
+    accepted step and the same number of evaluations every time."""
+    from torch.optim.lbfgs import _strong_wolfe as torch_strong_wolfe
+
+    compared, zoomed = 0, 0
+    for seed in range(120):
+        generator = torch.Generator().manual_seed(seed)
+        b = torch.rand(6, generator=generator, dtype=torch.float64) * 30 + 1
+        c = torch.rand(6, generator=generator, dtype=torch.float64) * 0.5
+
+        def wavy(x, b=b, c=c):
+            return (torch.sin(b * x) / b + c * x * x).sum(), torch.cos(b * x) + 2 * c * x
+
+        x = torch.randn(6, generator=generator, dtype=torch.float64)
+        f, g = wavy(x)
+        d, t0 = -g, [1e-4, 1e-3, 1e-2, 0.1, 1.0, 3.0, 8.0][seed % 7]
+
+        def obj_func(x_, t, d_, wavy=wavy):
+            value, grad = wavy(x_ + t * d_)
+            return float(value), grad
+
+        _, _, t_theirs, evals_theirs = torch_strong_wolfe(obj_func, x, t0, d, float(f), g, g.dot(d), max_ls=25)
+
+        def evaluate(step: float, wavy=wavy, x=x, d=d, g=g) -> lbfgs._Point:
+            value, grad = wavy(x + step * d)
+            return lbfgs._Point(step, float(value), float(grad.dot(d)), float((grad - g).dot(d)), float(grad.abs().max()), grad)
+
+        start = lbfgs._Point(0.0, float(f), float(g.dot(d)), 0.0, float(g.abs().max()), g)
+        ours, evals_ours = lbfgs._strong_wolfe(evaluate, start, t0, float(d.abs().max()), 25)
+        assert evals_ours == evals_theirs, seed
+        assert ours.t == pytest.approx(float(t_theirs), rel=1e-5, abs=1e-12), seed
+        assert ours.f <= float(f)
+        compared += 1
+        zoomed += evals_theirs > 2
+    assert compared == 120 and zoomed >= 30  # the zoom phase ran often
+
+
+def test_non_convex_minimum_and_a_straight_line_do_not_trip_it():
+    """Rosenbrock (non-convex) reaches its minimum (1, ..., 1) as torch's L-BFGS does; on a straight line
+    (f = -sum x, equal slopes everywhere) it stops at the evaluation limit with finite numbers instead of
+    dividing by zero."""
+    def rosenbrock(x):
+        a, b = x[:-1], x[1:]
+        value = (100 * (b - a * a) ** 2 + (1 - a) ** 2).sum()
+        grad = torch.zeros_like(x)
+        grad[:-1] += -400 * a * (b - a * a) - 2 * (1 - a)
+        grad[1:] += 200 * (b - a * a)
+        return value, grad
+
+    start = torch.full((6,), -1.0, dtype=torch.float64)
+    result = lbfgs.minimize(rosenbrock, start, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-15)
+    torch.testing.assert_close(result.x, torch.ones(6, dtype=torch.float64), rtol=0, atol=1e-5)
+
+    line = lbfgs.minimize(lambda x: (-x.sum(), -torch.ones_like(x)), torch.zeros(4), max_iter=20)
+    assert line.n_evals <= 20 * 5 // 4 + 1 and bool(torch.isfinite(line.x).all()) and line.x.sum() > 0
+
+
+def test_reads_the_device_once_per_iteration_and_per_evaluation(monkeypatch):
+    """The claim the solver exists for: its only device-to-host reads are one .tolist() at the start, one per
+    iteration and one per line-search evaluation; no tensor is turned into a Python number or truth value
+    anywhere else (each of those would wait for a GPU)."""
+    objective, size = logistic_problem(5)
+    counts = {"tolist": 0, "item": 0, "__float__": 0, "__bool__": 0, "__int__": 0}
+    for name in counts:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original):
+            counts[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    result = lbfgs.minimize(objective, torch.zeros(size), max_iter=30, tolerance_grad=1e-6, history_size=5)
+    monkeypatch.undo()
+    assert result.n_iter >= 10
+    assert counts == {"tolist": 1 + result.n_iter + (result.n_evals - 1), "item": 0, "__float__": 0, "__bool__": 0, "__int__": 0}

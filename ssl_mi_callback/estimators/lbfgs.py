@@ -3,7 +3,9 @@
 The algorithm is ``torch.optim.LBFGS(line_search_fn="strong_wolfe")``'s (itself minFunc's): the same first
 step ``min(1, 1 / |g|_1)``, curvature pairs kept when ``s^T y > 1e-10``, line search (bracketing, then a
 cubic-interpolation zoom, c1 = 1e-4, c2 = 0.9) and stopping rules, so the iterates agree with torch's up to
-rounding. What differs is how it computes, for a GPU:
+rounding (torch computes step lengths and the Wolfe tests on float32 tensors; here the tests are made in
+float32 and step lengths rounded to it, while the cubic step itself is found in float64, so counts can
+differ once a search works at float32's resolution). What differs is how it computes, for a GPU:
 
 - the direction ``-H g`` uses the compact form of the L-BFGS inverse Hessian (Byrd, Nocedal & Schnabel
   1994, eq. 3.13), a few matrix products over the stacked pairs instead of 4 m vector operations::
@@ -14,10 +16,12 @@ rounding. What differs is how it computes, for a GPU:
   S^T Y, D its diagonal and gamma = s^T y / y^T y of the newest pair;
 - the numbers the line search and the stopping rules compare (f, g^T d, max |g|, max |d|) come back from
   the device together, once per evaluation and once per iteration, instead of once per comparison: torch's
-  version waits for a GPU about 45 times per iteration (benchmarks/speed/results_gpu.md).
+  version waits for a GPU about 45 times per iteration with a full history (by our reading of
+  torch/optim/lbfgs.py; benchmarks/speed/gpu_probe_lbfgs/notes.md has the measured effect).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -33,7 +37,7 @@ Objective = Callable[[Tensor], Tuple[Tensor, Tensor]]
 class LBFGSResult:
     x: Tensor  # the last accepted iterate
     loss: float  # f(x)
-    n_iter: int  # iterations (directions) taken
+    n_iter: int  # iterations begun, as torch counts them (one that stops at the g^T d test included)
     n_evals: int  # objective evaluations, the first included
 
 
@@ -62,13 +66,17 @@ class _Pairs:
         self.change_dot_change = like.new_zeros((size, size))  # [i, j] = y_i . y_j
         self.gamma: Optional[Tensor] = None
 
-    def add(self, step: Tensor, change: Tensor) -> None:
+    def add(self, step: Tensor, change: Tensor, step_dot_change: float) -> None:
+        """Keep (s, y), dropping the oldest pair when full. ``step_dot_change`` is the s^T y the pair was
+        accepted with (> 0): it is R's diagonal, so R stays invertible whatever the device's own rounding
+        of s . y."""
         slot = self.next
         self.steps[slot], self.changes[slot] = step, change
         self.count, self.next = min(self.count + 1, self.size), (slot + 1) % self.size
         steps, changes = self.steps[: self.count], self.changes[: self.count]
         self.step_dot_change[slot, : self.count] = changes @ step
         self.step_dot_change[: self.count, slot] = steps @ change
+        self.step_dot_change[slot, slot] = step_dot_change
         change_dots = changes @ change
         self.change_dot_change[slot, : self.count] = change_dots
         self.change_dot_change[: self.count, slot] = change_dots
@@ -78,7 +86,7 @@ class _Pairs:
         """H g by the compact form (module docstring). The big products work on the ring buffers as they
         are; only the m x m algebra (in float64) follows the pairs' age, through a permutation made on g's
         device (no host-to-device copy)."""
-        if self.count == 0 or self.gamma is None:
+        if self.gamma is None:  # no pair yet: H = I
             return g.clone()
         n = self.count
         age = (torch.arange(n, device=g.device) + (self.next - n)) % self.size  # ring slot of the i-th oldest
@@ -103,16 +111,20 @@ def _cubic_minimum(t1: float, f1: float, d1: float, t2: float, f2: float, d2: fl
     (default the interval between t1 and t2); the middle when the cubic has no minimum (torch's
     ``_cubic_interpolate``)."""
     low, high = bounds if bounds is not None else (min(t1, t2), max(t1, t2))
+    middle = (low + high) / 2.0
+    if t1 == t2:  # two steps that round to the same float32: no cubic
+        return middle
     c1 = d1 + d2 - 3 * (f1 - f2) / (t1 - t2)
     c2_square = c1 * c1 - d1 * d2
-    if c2_square < 0:
-        return (low + high) / 2.0
+    if not c2_square >= 0:  # no minimum (or NaN)
+        return middle
     c2 = c2_square ** 0.5
-    if t1 <= t2:
-        minimum = t2 - (t2 - t1) * ((d2 + c2 - c1) / (d2 - d1 + 2 * c2))
-    else:
-        minimum = t1 - (t1 - t2) * ((d1 + c2 - c1) / (d1 - d2 + 2 * c2))
-    return min(max(minimum, low), high)
+    near, far, d_near, d_far = (t1, t2, d1, d2) if t1 <= t2 else (t2, t1, d2, d1)
+    denominator = d_far - d_near + 2 * c2
+    if denominator == 0:  # equal slopes on a straight line: torch's tensors give inf/nan here
+        return middle
+    minimum = far - (far - near) * ((d_far + c2 - c1) / denominator)
+    return min(max(minimum, low), high) if math.isfinite(minimum) else middle
 
 
 def _float32(value: float) -> float:
@@ -209,6 +221,9 @@ def minimize(
     if x0.dim() != 1:
         raise ValueError(f"x0 must be a 1-d tensor, got shape {tuple(x0.shape)}")
     max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
+    for name, value in (("max_iter", max_iter), ("max_eval", max_eval), ("history_size", history_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     x = x0.detach().clone()
 
     loss, g = objective(x)
@@ -216,7 +231,7 @@ def minimize(
     evals, n_iter = 1, 0
     if g_max <= tolerance_grad:
         return LBFGSResult(x, f, 0, evals)
-    pairs = _Pairs(history_size, x)
+    pairs = _Pairs(min(history_size, max_iter), x)
     d = g.neg()
     previous_g: Optional[Tensor] = None
     t = change_td = 0.0  # the last step and (g_new - g)^T d along it
@@ -225,11 +240,12 @@ def minimize(
         if previous_g is not None:
             ys = t * change_td  # y^T s, y = g_new - g, s = t d: read with the accepted point
             if ys > 1e-10:
-                pairs.add(d * t, g - previous_g)
+                pairs.add(d * t, g - previous_g, ys)
             d = pairs.inverse_hessian_times(g).neg_()
         previous_g, previous_f = g, f
-        gtd_t, d_max_t, g_abs_sum = torch.stack([g.dot(d), d.abs().max(), g.abs().sum()]).tolist()
-        t = _float32(min(1.0, 1.0 / g_abs_sum)) if n_iter == 1 else 1.0
+        numbers = [g.dot(d), d.abs().max()] + ([g.abs().sum()] if n_iter == 1 else [])
+        gtd_t, d_max_t, *first = torch.stack(numbers).tolist()  # one device-to-host copy
+        t = _float32(min(1.0, 1.0 / first[0])) if first and first[0] > 0 else 1.0
         if gtd_t > -tolerance_change:
             break
         start = _Point(0.0, f, gtd_t, 0.0, g_max, g)
