@@ -16,6 +16,7 @@ import pytest
 from conftest import require
 from fairseq_runs import ROOT
 
+
 @pytest.mark.slow
 def test_gpu_command_runs_every_section_on_the_cpu(speech_corpus, tmp_path):
     require("fairseq")

@@ -1171,7 +1171,7 @@ def write_report(results: dict, out: Path) -> None:
     if len(lines) == other_start + len(other_header):  # a run of k-means only: no other target was measured
         del lines[other_start:]
     if out.resolve() == HERE:
-        lines += ["", "GPU rows: " + (f"measured by `{gpu_results['command']}` on {gpu_results['machine']['cuda']} "
+        lines += ["", "GPU rows: " + (f"measured by `{gpu_results['command']}` on {gpu_results['machine']['cuda'] or gpu_results['device']} "
                                       f"({gpu_results['started']} UTC), in [results_gpu.md](results_gpu.md)."
                                       if gpu_results else
                                       "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
