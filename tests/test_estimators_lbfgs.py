@@ -120,14 +120,42 @@ def test_start_at_the_minimum_takes_no_iteration_and_limits_hold():
         lbfgs.minimize(objective, torch.zeros(1, size), max_iter=3)
 
 
-def test_line_search_matches_torch_strong_wolfe_on_non_convex_lines():
-    """Our strong-Wolfe search against torch's own (torch.optim.lbfgs._strong_wolfe) along 120 steepest-descent
-    lines of random wavy functions sum sin(b x) / b + c x^2 (float64, so torch's float32 step rounding does not
-    enter), from first steps of 1e-4 to 8 (extrapolation, bracketing and the zoom all run): the same
-    accepted step and the same number of evaluations every time."""
+def same_line_search_as_torch(function, x: torch.Tensor, t0: float) -> int:
+    """Run our strong-Wolfe search and torch's own (torch.optim.lbfgs._strong_wolfe) along -grad from x with
+    first step t0; assert the same accepted step and evaluation count; return that count."""
     from torch.optim.lbfgs import _strong_wolfe as torch_strong_wolfe
 
-    compared, zoomed = 0, 0
+    f, g = function(x)
+    d = -g
+
+    def obj_func(x_, t, d_):
+        value, grad = function(x_ + t * d_)
+        return float(value), grad
+
+    _, _, t_theirs, evals_theirs = torch_strong_wolfe(obj_func, x, t0, d, float(f), g, g.dot(d), max_ls=25)
+
+    def evaluate(step: float) -> lbfgs._Point:
+        value, grad = function(x + step * d)
+        return lbfgs._Point(step, float(value), float(grad.dot(d)), float((grad - g).dot(d)), float(grad.abs().max()), grad)
+
+    start = lbfgs._Point(0.0, float(f), float(g.dot(d)), 0.0, float(g.abs().max()), g)
+    ours, evals_ours = lbfgs._strong_wolfe(evaluate, start, t0, float(d.abs().max()), 25)
+    assert evals_ours == evals_theirs
+    assert ours.t == pytest.approx(float(t_theirs), rel=1e-5, abs=1e-12)
+    assert ours.f <= float(f)
+    return evals_ours
+
+
+def test_line_search_matches_torch_strong_wolfe_on_non_convex_lines():
+    """Against torch's own search, in float64 (so torch's float32 step rounding does not enter), the same
+    accepted step and evaluation count every time, on two families:
+
+    - 120 steepest-descent lines of wavy functions sum sin(b x) / b + c x^2, first steps 1e-4 to 8
+      (bracketing and the zoom);
+    - 80 lines along which f falls with slope -1 and then turns up sharply past a kink, first steps
+      1e-6 to 1e-2 (long extrapolation, then zooms whose cubic steps land near the bracket's ends: the
+      insufficient-progress rule)."""
+    zoomed = 0
     for seed in range(120):
         generator = torch.Generator().manual_seed(seed)
         b = torch.rand(6, generator=generator, dtype=torch.float64) * 30 + 1
@@ -137,27 +165,21 @@ def test_line_search_matches_torch_strong_wolfe_on_non_convex_lines():
             return (torch.sin(b * x) / b + c * x * x).sum(), torch.cos(b * x) + 2 * c * x
 
         x = torch.randn(6, generator=generator, dtype=torch.float64)
-        f, g = wavy(x)
-        d, t0 = -g, [1e-4, 1e-3, 1e-2, 0.1, 1.0, 3.0, 8.0][seed % 7]
+        zoomed += same_line_search_as_torch(wavy, x, [1e-4, 1e-3, 1e-2, 0.1, 1.0, 3.0, 8.0][seed % 7]) > 2
+    assert zoomed >= 30  # the zoom phase ran often
 
-        def obj_func(x_, t, d_, wavy=wavy):
-            value, grad = wavy(x_ + t * d_)
-            return float(value), grad
+    long_searches = 0
+    for seed in range(80):
+        generator = torch.Generator().manual_seed(seed)
+        kink, steepness, t0 = (float(10 ** (torch.rand(1, generator=generator) * span + low)) for span, low in ((3, -3), (4, 0), (4, -6)))
 
-        _, _, t_theirs, evals_theirs = torch_strong_wolfe(obj_func, x, t0, d, float(f), g, g.dot(d), max_ls=25)
+        def kinked(x, kink=kink, steepness=steepness):
+            past = torch.clamp(x - kink, min=0)
+            value = -x + steepness * past * past + 0.3 * torch.sin(40 * x) / 40
+            return value.sum(), -1 + 2 * steepness * past + 0.3 * torch.cos(40 * x)
 
-        def evaluate(step: float, wavy=wavy, x=x, d=d, g=g) -> lbfgs._Point:
-            value, grad = wavy(x + step * d)
-            return lbfgs._Point(step, float(value), float(grad.dot(d)), float((grad - g).dot(d)), float(grad.abs().max()), grad)
-
-        start = lbfgs._Point(0.0, float(f), float(g.dot(d)), 0.0, float(g.abs().max()), g)
-        ours, evals_ours = lbfgs._strong_wolfe(evaluate, start, t0, float(d.abs().max()), 25)
-        assert evals_ours == evals_theirs, seed
-        assert ours.t == pytest.approx(float(t_theirs), rel=1e-5, abs=1e-12), seed
-        assert ours.f <= float(f)
-        compared += 1
-        zoomed += evals_theirs > 2
-    assert compared == 120 and zoomed >= 30  # the zoom phase ran often
+        long_searches += same_line_search_as_torch(kinked, torch.zeros(1, dtype=torch.float64), t0) > 3
+    assert long_searches >= 60
 
 
 def test_non_convex_minimum_and_a_straight_line_do_not_trip_it():
