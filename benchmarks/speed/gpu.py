@@ -233,14 +233,11 @@ def target_rows(results: dict) -> List[str]:
                         f"({ratio:.2f}x; [results_gpu.md](results_gpu.md)) |")
     for row in results.get("base_overhead") or []:
         if "skipped" not in row:
-            rows.append(f"| hook adds <= 2% to training wall time at the recipe defaults, base recipes (estimated from measured parts) | "
-                        f"{where}, {row['model']}, {row['precision']} | {'met' if row['overhead_percent'] <= 2 else 'missed'} "
-                        f"({row['overhead_percent']:.3g}%: one evaluation per {row['validate_interval_updates']} updates) |")
+            rows.append(cpu_bench.base_recipes_target_row(f"{where}, {row['model']}, {row['precision']}", row["overhead_percent"],
+                                                          row["validate_interval_updates"]))
     hook = results.get("hook")
     if hook and "skipped" not in hook:
-        percent = hook["overhead_percent_eval_of_stock_train"]
-        rows.append(f"| hook adds <= 2% to training wall time at the recipe defaults | {where}, tiny_wav2vec2 with common.fp16 | "
-                    f"{'met' if percent <= 2 else 'missed'} ({percent:.1f}% by the hook's own evaluation time) |")
+        rows.append(cpu_bench.hook_target_row(f"{where}, tiny_wav2vec2 with common.fp16", hook["overhead_percent_eval_of_stock_train"]))
     return rows
 
 

@@ -43,8 +43,8 @@ class LBFGSResult:
 
 @dataclass
 class _Point:
-    """One evaluation along the search line: step t, f, g^T d, (g - g_start)^T d, max |g| (host numbers)
-    and g (device)."""
+    """One evaluation along the search line: step t, f, g^T d, (g - g_start)^T d, max |g| (host numbers),
+    g and the point x + t d itself (device; ``x`` is None where the caller keeps no iterate)."""
 
     t: float
     f: float
@@ -52,6 +52,7 @@ class _Point:
     change_td: float
     g_max: float
     g: Tensor
+    x: Optional[Tensor] = None
 
 
 class _Pairs:
@@ -248,19 +249,19 @@ def minimize(
         t = _float32(min(1.0, 1.0 / first[0])) if first and first[0] > 0 else 1.0
         if gtd_t > -tolerance_change:
             break
-        start = _Point(0.0, f, gtd_t, 0.0, g_max, g)
+        start = _Point(0.0, f, gtd_t, 0.0, g_max, g, x)
 
-        def evaluate(step: float, direction: Tensor = d, g_start: Tensor = g) -> _Point:
+        def evaluate(step: float, direction: Tensor = d, g_start: Tensor = g, x_start: Tensor = x) -> _Point:
             """f, g at x + step d; the numbers the search compares come back in one device-to-host copy."""
-            loss_at, g_at = objective(x + step * direction)
+            x_at = x_start + step * direction
+            loss_at, g_at = objective(x_at)
             numbers = [loss_at.to(g_at.dtype), g_at.dot(direction), (g_at - g_start).dot(direction), g_at.abs().max()]
             f_at, gtd_at, change_td_at, g_max_at = torch.stack(numbers).tolist()
-            return _Point(step, f_at, gtd_at, change_td_at, g_max_at, g_at)
+            return _Point(step, f_at, gtd_at, change_td_at, g_max_at, g_at, x_at)
 
         accepted, spent = _strong_wolfe(evaluate, start, t, d_max_t, max_eval - evals)
         evals += spent
-        t = accepted.t
-        x = x + t * d
+        t, x = accepted.t, accepted.x  # the evaluated point itself: its g is the one read
         f, g, g_max = accepted.f, accepted.g, accepted.g_max
         change_td = accepted.change_td
         if n_iter == max_iter or evals >= max_eval or g_max <= tolerance_grad:
