@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.machine import OPENBLAS_FALLBACK_CORES, cpu_flags, faiss_openblas, openblas_kernels, pin_faiss_openblas_kernels
+from benchmarks.machine import (
+    OPENBLAS_FALLBACK_CORES,
+    cpu_flags,
+    faiss_openblas,
+    numpy_openblas,
+    openblas_kernels,
+    pin_faiss_openblas_kernels,
+    pin_openblas_kernels,
+)
 from benchmarks.speed.run import OURS_FIT, OURS_SAMPLED, bench_kmeans, kmeans_methods, kmeans_targets, write_report
 from conftest import require
 
@@ -34,16 +42,21 @@ def test_methods_filter_runs_only_the_named_methods_and_scores_the_sampled_varia
         kmeans_methods(3000, 10, seed=0, threads=1, only=["ours OnlineKMeans.fit, fit_sample=256K"])
 
 
-def test_faiss_gets_the_openblas_kernels_the_user_or_the_cpu_allows(monkeypatch):
-    require("faiss")
-    library = faiss_openblas()
-    assert library is not None and library.exists()
+@pytest.mark.parametrize("owner", ["faiss", "numpy"])
+def test_an_openblas_gets_the_kernels_the_user_or_the_cpu_allows(owner, monkeypatch):
+    """faiss's OpenBLAS (for its k-means) and numpy's (for scikit-learn's logistic regression), each a
+    real bundled library read in a fresh interpreter."""
+    require(owner)
+    library = faiss_openblas() if owner == "faiss" else numpy_openblas()
+    if library is None:
+        pytest.skip(f"this {owner} build bundles no OpenBLAS")
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     assert openblas_kernels(library) == "Haswell"
-    assert pin_faiss_openblas_kernels() == "Haswell (OPENBLAS_CORETYPE=Haswell given)"
+    assert pin_openblas_kernels(library) == "Haswell (OPENBLAS_CORETYPE=Haswell given)"
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     detected = openblas_kernels(library)
-    report = pin_faiss_openblas_kernels()
+    assert not detected.startswith("unknown")
+    report = pin_faiss_openblas_kernels() if owner == "faiss" else pin_openblas_kernels(library)
     if detected in OPENBLAS_FALLBACK_CORES and "avx2" in cpu_flags():  # a CPU OpenBLAS does not know, with AVX2 or AVX-512
         assert os.environ["OPENBLAS_CORETYPE"] == ("SkylakeX" if "avx512f" in cpu_flags() else "Haswell")
         assert report.startswith(os.environ["OPENBLAS_CORETYPE"]) and openblas_kernels(library) == os.environ["OPENBLAS_CORETYPE"]

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from benchmarks.machine import cpu_model, faiss_openblas_kernels_pinned
+from benchmarks.machine import cpu_model, faiss_openblas, openblas_kernels_pinned
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -1121,7 +1121,8 @@ def write_report(results: dict, out: Path) -> None:
         "" if out.resolve() == HERE else f" --out {os.path.relpath(out.resolve(), ROOT)}")
     lines += ["", f"Report: `{results.get('report_command', rerun_report)}`.", "",
               f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), torch {m['torch']}, "
-              f"scikit-learn {m['sklearn']}, faiss {m['faiss'] or 'not installed'}"
+              f"scikit-learn {m['sklearn']}" + (f" (numpy's OpenBLAS kernels, which its logistic regression uses: {m['numpy_blas']})"
+                                                if m.get("numpy_blas") else "") + f", faiss {m['faiss'] or 'not installed'}"
               + (f" (its OpenBLAS kernels: {m['faiss_blas']})" if m.get("faiss_blas") else "")
               + f", fairseq {m['fairseq']}, Python {m['python']}; "
               f"GPU: {m['cuda'] or 'none'}. Other jobs may share the cores: the load averages listed with each command tell "
@@ -1488,7 +1489,9 @@ def work_default_out(args) -> Path:
     return args.work / "quick" if args.quick else HERE
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None, numpy_blas: Optional[str] = None) -> None:
+    """The benchmark command; ``numpy_blas``: the kernels numpy's OpenBLAS was loaded with (``__main__`` pins
+    them before numpy loads), for the machine line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat (about 1-2 min)")
     parser.add_argument("--out", type=Path, default=None, help="where results.md / results.json go (default: next to this file; --quick: runs/bench_speed/quick)")
@@ -1537,7 +1540,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     repeats = args.repeats or (1 if args.quick else 3)
     skip = set(filter(None, args.skip.split(",")))
-    results: dict = {"machine": machine(), "quick": args.quick, "repeats": repeats,
+    results: dict = {"machine": {**machine(), "numpy_blas": numpy_blas}, "quick": args.quick, "repeats": repeats,
                      "started": started_utc,
                      "command": " ".join([".venv/bin/python -m benchmarks.speed", *(argv if argv is not None else sys.argv[1:])])}
     gpu = torch.cuda.is_available()
@@ -1573,7 +1576,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             results["loadavg_end"] = list(os.getloadavg())
             (out_early / "results.partial.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
 
-        with faiss_openblas_kernels_pinned() as faiss_blas:  # before faiss loads; later sections' processes keep their own
+        with openblas_kernels_pinned(faiss_openblas()) as faiss_blas:  # before faiss loads; later sections' processes keep their own
             results["machine"]["faiss_blas"] = faiss_blas
             results["kmeans"] = bench_kmeans(grid, repeats, threads, budget_s=budget, method_budget_s=args.method_budget,
                                              checkpoint=checkpoint, only=only)
