@@ -6,7 +6,9 @@ are one objective over the stacked parameters, so every evaluation of all F is t
 over x (for the logits and the weight gradient) and a handful of element-wise kernels, and one L-BFGS
 run (:func:`.lbfgs.minimize`) fits them together: on a GPU, where each small kernel costs its launch,
 F folds cost about what one did. The regressions do not interact (the objective is a sum of F terms
-in disjoint parameters), so the joint minimum is each one's own minimum.
+in disjoint parameters), so the joint minimum is each one's own minimum. The price: every problem's logits
+are computed on all N frames, its held-out ones included (N x F x K values held at once; for the probe's
+3 folds, 1.5x the multiply-adds of the three training subsets), and no subset of x is copied.
 """
 from __future__ import annotations
 
