@@ -58,6 +58,29 @@ def test_linear_probe_is_as_good_as_sklearn_logistic_regression():
     assert ours_ce <= reference_ce + 0.01, (ours_ce, reference_ce)
 
 
+def test_linear_probe_closed_form_gradient_matches_autograd():
+    """The solver's hand-written gradient is the gradient of the documented objective (autograd on
+    cross_entropy + prior pseudo-counts + L2), with a class that no frame has (only the prior term)."""
+    x, y, _ = noisy_classes(seed=3, n_utterances=10, frames=30)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    n_classes, strength, alpha = 8, 0.03, 0.5
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(n_classes, x.shape[1], generator=generator, dtype=torch.float64)
+    bias = torch.randn(n_classes, generator=generator, dtype=torch.float64)
+    probe = LinearProbe(n_classes, prior_pseudo_count=alpha)
+    loss, grad_weight, grad_bias = probe._objective(x.double(), y, n_classes, strength, weight, bias)
+
+    w, b = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    reference = (
+        torch.nn.functional.cross_entropy(x.double() @ w.T + b, y, reduction="sum")
+        - alpha * torch.log_softmax(b, dim=0).sum()
+    ) / (len(y) + alpha * n_classes) + 0.5 * strength * (w**2).sum()
+    reference.backward()
+    assert float(loss) == pytest.approx(float(reference), rel=1e-12)
+    assert torch.allclose(grad_weight, w.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(grad_bias, b.grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 @pytest.mark.parametrize("features", ["constant", "noise"])
 def test_uninformative_input_falls_back_to_the_marginal(kind, features):

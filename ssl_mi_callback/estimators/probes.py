@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .logistic import LogisticProblems
+from . import lbfgs
 from .seeding import make_generator
 from .splits import split_by_group
 from .validation import (
@@ -187,10 +187,7 @@ class LinearProbe(_Probe):
     (utterances): a regularisation path from the marginal (W = 0, wd = inf) through
     ``weight_decays`` (strongest first), each fit warm-started from the previous one and given
     ``path_iter`` L-BFGS iterations (a warm start half a decade away is close to its optimum, and the
-    path only has to rank the strengths), all folds fitted together as one problem
-    (:class:`.logistic.LogisticProblems`: one matrix product over all frames per evaluation, so the
-    folds cost a GPU about the kernel launches of one; the joint run converges more slowly per
-    iteration than one fold alone, hence 30 where separate folds had 20); the path stops after ``patience`` grid points without a
+    path only has to rank the strengths); the path stops after ``patience`` grid points without a
     lower summed held-out cross-entropy. The probe is then refitted on all frames with the chosen wd,
     starting from the folds' mean solution there, to convergence (``lbfgs_iter`` iterations at most,
     gradient tolerance ``tolerance``); ``weight_decay_`` afterwards (``inf`` means the marginal won,
@@ -209,7 +206,7 @@ class LinearProbe(_Probe):
         folds: int = 3,
         max_steps: int = 20,
         lbfgs_iter: int = 200,
-        path_iter: int = 30,
+        path_iter: int = 20,
         tolerance: float = 1e-5,
         patience: int = 2,
         prior_pseudo_count: float = 0.5,
@@ -260,68 +257,107 @@ class LinearProbe(_Probe):
         else:
             if not float(self.weight_decay) >= 0:
                 raise EstimatorInputError(f"weight_decay must be 'auto' or a number >= 0, got {self.weight_decay!r}")
-            self.cv_bits_, strength, fold_solutions = [], float(self.weight_decay), None
-        weight, bias = self._marginal(y[:, None], n_classes, x.shape[1])  # the probe itself if the marginal won
+            self.cv_bits_, strength, fold_solutions = [], float(self.weight_decay), []
+        weight, bias = self._marginal(y, n_classes, x.shape[1])
         n_iter = 0
         if strength is not None:
-            if fold_solutions is not None:
-                # start at the folds' mean solution: the objective is strictly convex, so only the cost changes
-                weight, bias = (part.mean(0, keepdim=True) for part in fold_solutions)
-            all_frames = LogisticProblems.build(x, y, n_classes, torch.ones_like(y, dtype=torch.bool)[:, None],
-                                                float(self.prior_pseudo_count))
-            weight, bias, n_iter = all_frames.solve(strength, weight, bias, max_iter=self.lbfgs_iter,
-                                                    tolerance=self.tolerance)
+            if fold_solutions:  # start at the folds' mean solution: the objective is strictly convex, so
+                weight = torch.stack([w for w, _ in fold_solutions]).mean(0)  # only the cost changes
+                bias = torch.stack([b for _, b in fold_solutions]).mean(0)
+            weight, bias, n_iter = self._solve(x, y, n_classes, strength, weight, bias, self.lbfgs_iter)
         self.weight_decay_ = strength if strength is not None else math.inf
         self.n_iter_ = n_iter
         model = nn.utils.skip_init(nn.Linear, x.shape[1], n_classes)
         with torch.no_grad():
-            model.weight.copy_(weight[0])
-            model.bias.copy_(bias[0])
+            model.weight.copy_(weight)
+            model.bias.copy_(bias)
         self.model_ = model.to(device).eval()
         return self
 
     # internals ---------------------------------------------------------------------------------
-    def _marginal(self, y_by_problem: Tensor, n_classes: int, n_features: int) -> Tuple[Tensor, Tensor]:
-        """W = 0 and b = the add-alpha smoothed class frequencies, per problem: ``y_by_problem`` (N, F)
-        holds the labels of problem f's training frames in column f and -1 elsewhere."""
-        n_problems = y_by_problem.shape[1]
-        counts = torch.zeros((n_problems, n_classes + 1), dtype=torch.float64, device=y_by_problem.device)
-        counts.scatter_add_(1, (y_by_problem.T + 1), torch.ones_like(y_by_problem.T, dtype=torch.float64))
-        counts = counts[:, 1:]  # column 0 counted the -1s
+    def _marginal(self, y: Tensor, n_classes: int, n_features: int) -> Tuple[Tensor, Tensor]:
+        counts = torch.bincount(y, minlength=n_classes).double()
         alpha = float(self.prior_pseudo_count)
-        bias = torch.log((counts + alpha) / (counts.sum(1, keepdim=True) + alpha * n_classes)).float()
-        return torch.zeros(n_problems, n_classes, n_features, device=y_by_problem.device), bias
+        bias = torch.log((counts + alpha) / (counts.sum() + alpha * n_classes)).float()
+        return torch.zeros(n_classes, n_features, device=y.device), bias
+
+    def _objective(
+        self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The penalised objective and its gradient in closed form (no autograd graph):
+
+        L = [sum_i -log p_i(y_i) - alpha sum_k log softmax(b)_k] / (n + alpha K) + (wd / 2) ||W||^2,
+        p_i = softmax(W x_i + b);  dL/dW = (P - Y)^T X / (n + alpha K) + wd W,
+        dL/db = [sum_i (p_i - y_i) + alpha (K softmax(b) - 1)] / (n + alpha K), Y the one-hot labels.
+        """
+        alpha = float(self.prior_pseudo_count)
+        normaliser = x.shape[0] + alpha * n_classes
+        log_proba = torch.addmm(bias, x, weight.T).log_softmax(dim=1)
+        data = -log_proba.gather(1, y[:, None]).sum()
+        log_prior = bias.log_softmax(dim=0)
+        loss = (data - alpha * log_prior.sum()) / normaliser + 0.5 * strength * (weight * weight).sum()
+        residual = log_proba.exp_()  # p_i - y_i, in place of the log-probabilities
+        residual[torch.arange(x.shape[0], device=x.device), y] -= 1.0
+        grad_weight = torch.addmm(weight, residual.T, x, beta=strength, alpha=1.0 / normaliser)
+        grad_bias = (residual.sum(0) + alpha * (n_classes * log_prior.exp() - 1.0)) / normaliser
+        return loss, grad_weight, grad_bias
+
+    def _solve(
+        self, x: Tensor, y: Tensor, n_classes: int, strength: float, weight: Tensor, bias: Tensor, max_iter: int
+    ) -> Tuple[Tensor, Tensor, int]:
+        """Minimise the penalised objective (:meth:`_objective`) at one L2 strength from (weight, bias) with
+        at most ``max_iter`` L-BFGS iterations (:func:`.lbfgs.minimize`, torch's L-BFGS with a strong-Wolfe
+        line search, history 20, reading the device once per objective evaluation); returns the solution
+        and the iterations used."""
+        n_weights = weight.numel()
+
+        def objective(flat: Tensor) -> Tuple[Tensor, Tensor]:
+            loss, grad_weight, grad_bias = self._objective(
+                x, y, n_classes, strength, flat[:n_weights].view_as(weight), flat[n_weights:]
+            )
+            return loss, torch.cat([grad_weight.reshape(-1), grad_bias])
+
+        with torch.no_grad():
+            result = lbfgs.minimize(
+                objective,
+                torch.cat([weight.reshape(-1), bias]),
+                max_iter=max_iter,
+                tolerance_grad=float(self.tolerance),
+                tolerance_change=1e-12,
+                history_size=20,
+            )
+        return result.x[:n_weights].view_as(weight), result.x[n_weights:], result.n_iter
 
     def _cross_validate(
         self, x: Tensor, y: Tensor, groups: Tensor, n_classes: int, grid: List[float]
-    ) -> Tuple[List[float], int, Optional[Tuple[Tensor, Tensor]]]:
+    ) -> Tuple[List[float], int, List[Tuple[Tensor, Tensor]]]:
         """Held-out cross-entropy (bits per frame, over all folds) along the path; index of the best
-        (0 = the marginal, i = grid[i - 1]); the folds' stacked (weight, bias) at the best (None: the
-        marginal). The folds are one :class:`LogisticProblems`, fitted together at each grid point."""
-        held_out = torch.stack(
-            _group_folds(groups, check_int(self.folds, "folds", 2), make_generator(self.seed, "probe-folds")), dim=1
-        )  # (N, folds): frame i is held out by fold f
-        folds = LogisticProblems.build(x, y, n_classes, ~held_out, float(self.prior_pseudo_count))
-        held_out_weight = held_out.float()
-        state = self._marginal(torch.where(held_out, -1, y[:, None]), n_classes, x.shape[1])
+        (0 = the marginal, i = grid[i - 1]); the folds' (weight, bias) at the best."""
+        held_out = _group_folds(groups, check_int(self.folds, "folds", 2), make_generator(self.seed, "probe-folds"))
+        states = [self._marginal(y[~part], n_classes, x.shape[1]) for part in held_out]
 
         def score() -> float:
-            with torch.no_grad():
-                total = -(held_out_weight * folds.label_log_proba(*state)).sum()
-            return float(total) / x.shape[0] / math.log(2.0)
+            total = 0.0
+            for part, (weight, bias) in zip(held_out, states):
+                with torch.no_grad():
+                    total += float(F.cross_entropy(F.linear(x[part], weight, bias), y[part], reduction="sum"))
+            return total / x.shape[0] / math.log(2.0)
 
         curve = [score()]
-        best, waited, best_state = 0, 0, None
+        best, waited, best_states = 0, 0, states
         for index, strength in enumerate(grid, start=1):
-            state = folds.solve(strength, *state, max_iter=self.path_iter, tolerance=self.tolerance)[:2]
+            states = [
+                self._solve(x[~part], y[~part], n_classes, strength, weight, bias, self.path_iter)[:2]
+                for part, (weight, bias) in zip(held_out, states)
+            ]
             curve.append(score())
             if curve[-1] < curve[best] - 1e-6:
-                best, waited, best_state = index, 0, state
+                best, waited, best_states = index, 0, states
             else:
                 waited += 1
                 if waited >= self.patience:
                     break
-        return curve, best, best_state
+        return curve, best, best_states
 
 
 def _group_folds(groups: Tensor, folds: int, generator: torch.Generator) -> List[Tensor]:
