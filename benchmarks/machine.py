@@ -100,11 +100,6 @@ def pin_openblas_kernels(library: Optional[Path]) -> Optional[str]:
     return f"{openblas_kernels(library)} (OPENBLAS_CORETYPE={better} set by the benchmark: OpenBLAS detected {chosen}, its fallback for a CPU it does not know)"
 
 
-def pin_faiss_openblas_kernels() -> Optional[str]:
-    """:func:`pin_openblas_kernels` for faiss's OpenBLAS; call before faiss is imported."""
-    return pin_openblas_kernels(faiss_openblas())
-
-
 @contextlib.contextmanager
 def openblas_kernels_pinned(library: Optional[Path]) -> Iterator[Optional[str]]:
     """:func:`pin_openblas_kernels` for the ``with`` block only (load the library inside it): OPENBLAS_CORETYPE

@@ -15,7 +15,6 @@ from benchmarks.machine import (
     faiss_openblas,
     numpy_openblas,
     openblas_kernels,
-    pin_faiss_openblas_kernels,
     pin_openblas_kernels,
 )
 from benchmarks.speed.run import OURS_FIT, OURS_SAMPLED, bench_kmeans, kmeans_methods, kmeans_targets, write_report
@@ -56,7 +55,7 @@ def test_an_openblas_gets_the_kernels_the_user_or_the_cpu_allows(owner, monkeypa
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     detected = openblas_kernels(library)
     assert not detected.startswith("unknown")
-    report = pin_faiss_openblas_kernels() if owner == "faiss" else pin_openblas_kernels(library)
+    report = pin_openblas_kernels(library)
     if detected in OPENBLAS_FALLBACK_CORES and "avx2" in cpu_flags():  # a CPU OpenBLAS does not know, with AVX2 or AVX-512
         assert os.environ["OPENBLAS_CORETYPE"] == ("SkylakeX" if "avx512f" in cpu_flags() else "Haswell")
         assert report.startswith(os.environ["OPENBLAS_CORETYPE"]) and openblas_kernels(library) == os.environ["OPENBLAS_CORETYPE"]

@@ -1,6 +1,6 @@
-"""The linear probe's work per fit, counted: the tensor operations it dispatches (on a GPU each is about one
-kernel launch, which sets the probe's pace there: benchmarks/speed/gpu_probe_lbfgs/notes.md), its matrix
-products and its CPU time, on the probe inputs of real evaluations.
+"""The linear probe's work per fit, counted: the tensor operations it dispatches (ATen dispatches on the CPU, a
+proxy for its GPU kernel launches, which likely set its pace there: benchmarks/speed/gpu_probe_lbfgs/notes.md),
+its matrix products and its CPU time, on the probe inputs of real evaluations.
 
     .venv/bin/python -m benchmarks.speed.probe_ops --corpus runs/bench_speed/corpus --inputs /tmp/probe_inputs.pt
 
@@ -39,11 +39,9 @@ class _OperationCounter(TorchDispatchMode):
 
 def capture_inputs(corpus: Path, path: Path) -> List[tuple]:
     """(x, y, groups, n_classes, seed) of every LinearProbe.fit in one tiny and one base evaluation."""
-    from benchmarks.speed.run import build_wav2vec2
+    from benchmarks.speed.run import build_wav2vec2, section2_evaluator
     from ssl_mi_callback.data import load_heldout
     from ssl_mi_callback.estimators import probes
-    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
-    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
     captured: List[tuple] = []
     fit = probes.LinearProbe.fit
@@ -58,8 +56,7 @@ def capture_inputs(corpus: Path, path: Path) -> List[tuple]:
         torch.manual_seed(0)
         for kind, seconds in (("tiny", 300.0), ("base", 60.0)):
             subset = load_heldout(corpus / "heldout.tsv", max_seconds=seconds, max_utterance_seconds=15.0)
-            config = EvaluationConfig(mask_length=5 if kind == "tiny" else 10)
-            Evaluator(config, subset, FairseqMaskedPredictionAdapter()).evaluate(build_wav2vec2(kind))
+            section2_evaluator(kind, subset).evaluate(build_wav2vec2(kind))
     finally:
         probes.LinearProbe.fit = fit
     torch.save(captured, path)

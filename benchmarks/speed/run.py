@@ -664,6 +664,15 @@ def build_wav2vec2(kind: str):
     return model
 
 
+def section2_evaluator(kind: str, subset):
+    """The evaluator of section 2 for a wav2vec 2.0 ``kind`` on held-out ``subset``: EvaluationConfig defaults,
+    mask_length 5 for the tiny recipe's model, 10 (the base default) otherwise."""
+    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
+    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
+
+    return Evaluator(EvaluationConfig(mask_length=5 if kind == "tiny" else 10), subset, FairseqMaskedPredictionAdapter())
+
+
 def bench_evaluation(heldout: Path, kind: str, max_seconds: float, repeats: int, device: str | torch.device = "cpu",
                      dtype: torch.dtype = torch.float32, warmup: bool = False) -> dict:
     """Evaluator.evaluate of a random-init wav2vec 2.0 ``kind`` on ``max_seconds`` of ``heldout``, its
@@ -671,16 +680,13 @@ def bench_evaluation(heldout: Path, kind: str, max_seconds: float, repeats: int,
     synchronised before every clock read); ``warmup``: one call first, reported apart (kernels,
     allocator)."""
     from ssl_mi_callback.data import load_heldout
-    from ssl_mi_callback.evaluator import EvaluationConfig, Evaluator
-    from ssl_mi_callback.features.fairseq import FairseqMaskedPredictionAdapter
 
     device = torch.device(device)
     sync = synchronizer(device)
     model = build_wav2vec2(kind).to(device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     load_s, subset = median_time(lambda: load_heldout(heldout, max_seconds=max_seconds, max_utterance_seconds=15.0), repeats)
-    config = EvaluationConfig(mask_length=5 if kind == "tiny" else 10)  # tiny recipe / base defaults
-    evaluator = Evaluator(config, subset, FairseqMaskedPredictionAdapter())
+    evaluator = section2_evaluator(kind, subset)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     records = []
