@@ -26,15 +26,16 @@ def two_loop(steps, changes, g):
     return r
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("pairs, size", [(3, 5), (5, 5), (9, 4)])
-def test_compact_inverse_hessian_product_equals_the_two_loop_recursion(pairs, size):
-    """The compact form over the ring buffer (also after it wrapped around: 9 pairs in 4 slots keep the
-    newest 4) gives the two-loop recursion's H g."""
+def test_compact_inverse_hessian_product_equals_the_two_loop_recursion(pairs, size, static):
+    """The compact form over the kept pairs (also once full: 9 pairs in 4 slots keep the newest 4) gives the
+    two-loop recursion's H g; with static shapes (all slots, the unfilled ones inert) too."""
     generator = torch.Generator().manual_seed(pairs)
     dim = 30
     a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
     hessian = a @ a.T + dim * torch.eye(dim, dtype=torch.float64)  # positive definite: s^T y > 0
-    ring = lbfgs._Pairs(size, torch.zeros(dim, dtype=torch.float64))
+    ring = lbfgs._Pairs(size, torch.zeros(dim, dtype=torch.float64), static=static)
     steps, changes = [], []
     for _ in range(pairs):
         s = torch.randn(dim, generator=generator, dtype=torch.float64)
@@ -96,6 +97,69 @@ def test_iterates_agree_with_torch_lbfgs(seed, max_iter, history, device):
     torch.testing.assert_close(ours.x, theirs.detach(), rtol=0, atol=1e-3)  # a flat minimum: f agrees to 1e-6
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed, history", [(0, 20), (3, 3)])
+def test_static_shapes_take_the_same_path(seed, history, device):
+    """The products over all history slots (the unfilled ones inert), as a CUDA graph runs them, take the
+    same iterations and evaluations to the same point as those over the filled slots."""
+    objective, size = logistic_problem(seed, device=device)
+    runs = [lbfgs.minimize(objective, torch.zeros(size, device=device), max_iter=10, tolerance_grad=1e-5,
+                           tolerance_change=1e-12, history_size=history, static_shapes=static) for static in (False, True)]
+    assert (runs[0].n_iter, runs[0].n_evals) == (runs[1].n_iter, runs[1].n_evals) == (10, runs[0].n_evals)
+    torch.testing.assert_close(runs[1].x, runs[0].x, rtol=0, atol=1e-5)
+    assert runs[0].graph_replays == runs[1].graph_replays == 0  # no graphs unless asked for
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("history", [20, 3])
+def test_cuda_graphs_replay_the_steps_along_the_eager_path(history):
+    """On a GPU, the steps replayed from CUDA graphs give the eager run's iterations, evaluations and
+    point (both with static shapes: the same kernels), and nearly every step is a replay."""
+    from ssl_mi_callback.estimators import cuda_graphs
+
+    objective, size = logistic_problem(6, device="cuda")
+    settings = dict(max_iter=30, tolerance_grad=1e-6, tolerance_change=1e-12, history_size=history, static_shapes=True)
+    eager = lbfgs.minimize(objective, torch.zeros(size, device="cuda"), cuda_graphs=False, **settings)
+    for _ in range(2):  # a second run captures anew (the first run's graphs are freed with it)
+        graphed = lbfgs.minimize(objective, torch.zeros(size, device="cuda"), cuda_graphs=True, **settings)
+        assert cuda_graphs.failure() is None
+        assert (graphed.n_iter, graphed.n_evals) == (eager.n_iter, eager.n_evals)
+        torch.testing.assert_close(graphed.x, eager.x, rtol=0, atol=1e-6)
+        steps = (graphed.n_evals - 1) + (graphed.n_iter - 1)  # evaluations and iterations after the first
+        assert steps - 4 <= graphed.graph_replays < steps  # each program's first call is not a replay
+
+
+CAPTURE_FAILURE_SCRIPT = """
+import logging, torch
+from ssl_mi_callback.estimators import cuda_graphs, lbfgs
+logging.basicConfig(level=logging.WARNING)
+x = torch.linspace(-1, 1, 50, device="cuda")
+
+def objective(w):  # a host read per call: cannot be captured
+    assert float(w.abs().sum()) >= 0
+    return ((w - x) ** 2).sum(), 2 * (w - x)
+
+result = lbfgs.minimize(objective, torch.zeros(50, device="cuda"), max_iter=20, cuda_graphs=True)
+torch.testing.assert_close(result.x, x, rtol=0, atol=1e-5)
+assert result.graph_replays == 0 and cuda_graphs.failure() is not None and not cuda_graphs.enabled()
+cuda_graphs.set_enabled(True)
+assert not cuda_graphs.enabled()  # off for good after a failed capture
+print("fell back")
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_a_cuda_graph_capture_that_fails_falls_back_to_eager_steps():
+    """An objective that cannot be captured (a host read) still reaches its minimum: the failed capture is
+    logged once, graphs go off for the process (its own, here) and the run goes on eagerly."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CAPTURE_FAILURE_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "fell back" in done.stdout, done.stderr[-3000:]
+    assert "CUDA graph capture failed" in done.stderr
+
+
 def test_quadratic_reaches_its_closed_form_minimum():
     """f(x) = x^T A x / 2 - b^T x: the minimum A^-1 b, to the gradient tolerance."""
     generator = torch.Generator().manual_seed(3)
@@ -136,9 +200,9 @@ def same_line_search_as_torch(function, x: torch.Tensor, t0: float) -> int:
 
     def evaluate(step: float) -> lbfgs._Point:
         value, grad = function(x + step * d)
-        return lbfgs._Point(step, float(value), float(grad.dot(d)), float((grad - g).dot(d)), float(grad.abs().max()), grad)
+        return lbfgs._Point(step, float(value), float(grad.dot(d)), float((grad - g).dot(d)), float(grad.abs().max()))
 
-    start = lbfgs._Point(0.0, float(f), float(g.dot(d)), 0.0, float(g.abs().max()), g)
+    start = lbfgs._Point(0.0, float(f), float(g.dot(d)), 0.0, float(g.abs().max()))
     ours, evals_ours = lbfgs._strong_wolfe(evaluate, start, t0, float(d.abs().max()), 25)
     assert evals_ours == evals_theirs
     assert ours.t == pytest.approx(float(t_theirs), rel=1e-5, abs=1e-12)

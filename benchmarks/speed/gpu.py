@@ -229,7 +229,7 @@ def target_rows(results: dict) -> List[str]:
         if "skipped" not in row:
             ratio = row["ratio_evaluate_to_forward"]
             rows.append(f"| full evaluation <= 1.25x two-view forward | {where}, {row['model'].split(' (')[0]}, "
-                        f"{row['audio_seconds']:.0f} s of audio, {row['dtype']} weights | {'met' if ratio <= 1.25 else 'missed'} "
+                        f"{row['audio_seconds']:.0f} s of audio, {row['dtype']} weights{_graphs_note(row)} | {'met' if ratio <= 1.25 else 'missed'} "
                         f"({ratio:.2f}x; [results_gpu.md](results_gpu.md)) |")
     for row in results.get("base_overhead") or []:
         if "skipped" not in row:
@@ -239,6 +239,11 @@ def target_rows(results: dict) -> List[str]:
     if hook and "skipped" not in hook:
         rows.append(cpu_bench.hook_target_row(f"{where}, tiny_wav2vec2 with common.fp16", hook["overhead_percent_eval_of_stock_train"]))
     return rows
+
+
+def _graphs_note(row: dict) -> str:
+    """', probe CUDA graphs on/off' for rows that recorded it (runs before the graphs had none)."""
+    return "" if "probe_cuda_graphs" not in row else f", probe CUDA graphs {'on' if row['probe_cuda_graphs'] else 'off'}"
 
 
 def _f(value, digits: int = 2) -> str:
@@ -259,7 +264,8 @@ def write_report(results: dict, out: Path) -> None:
 
     def evaluation_row(row: dict) -> str:
         s, ratio = row["seconds"], row["ratio_evaluate_to_forward"]
-        return (f"| {row['model'].split(' (')[0]} | {row['dtype']} | {row['audio_seconds']} | {row['frames_masked']} | {_f(s['load_heldout'])} | "
+        graphs = "-" if "probe_cuda_graphs" not in row else ("on" if row["probe_cuda_graphs"] else "off")
+        return (f"| {row['model'].split(' (')[0]} | {row['dtype']} | {graphs} | {row['audio_seconds']} | {row['frames_masked']} | {_f(s['load_heldout'])} | "
                 f"{_f(s['forward'])} | {_f(s['kmeans'])} | {_f(s['probe'])} | {_f(s['estimators_other'])} | {_f(s['baselines'])} | "
                 f"{_f(s['total'])} | **{ratio:.2f}** | {_f(row['first_call']['total'])} | {_f(row['peak_gpu_memory_mb'], 0)} | "
                 f"{'met' if ratio <= 1.25 else 'missed'} |")
@@ -267,7 +273,7 @@ def write_report(results: dict, out: Path) -> None:
     if results.get("evaluation") is not None:
         table("## 1. One full evaluation, wav2vec 2.0 (random init; base size unless --quick)",
               "EvaluationConfig defaults, mask_length 10; median of the timed calls after a first (warm-up) call; seconds.",
-              ["model", "weights", "audio (s)", "masked frames", "load", "forward (2 views)", "k-means", "probe", "other", "baselines",
+              ["model", "weights", "probe CUDA graphs", "audio (s)", "masked frames", "load", "forward (2 views)", "k-means", "probe", "other", "baselines",
                "total", "total / forward", "first call total", "peak GPU memory (MB)", "target <= 1.25x"],
               results["evaluation"], evaluation_row)
         agreement = results.get("precision_agreement")
@@ -337,6 +343,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--sections", default="evaluation,base_overhead,kmeans,hook", help="comma-separated sections to run, in this order")
     parser.add_argument("--budget-s", type=float, default=420.0, help="a section is not started after this many seconds (default 420)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (any device, about 2 min on a CPU)")
+    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
+                        help="the probe's CUDA graphs in section 1: on (the default, as the product runs), off, or both "
+                             "(each precision without, then with them: the same-call comparison)")
     args = parser.parse_args(argv)
 
     from ssl_mi_callback.integrations.fairseq import compat
@@ -368,18 +377,26 @@ def main(argv: Optional[List[str]] = None) -> None:
         return Path(results["heldout"])
 
     def evaluation() -> list:
+        from ssl_mi_callback.estimators import cuda_graphs
+
         rows = []
         for name, dtype in DTYPES.items():
-            try:
-                rows.append(cpu_bench.bench_evaluation(heldout(), "tiny" if args.quick else "base", eval_seconds, args.repeats,
-                                                       device, dtype, warmup=True))
-            except Exception as error:  # keep the other precision
-                rows.append({"dtype": name, "skipped": f"{type(error).__name__}: {error}"})
-                results["failures"][f"evaluation {name}"] = traceback.format_exc(limit=-8)
-            results["evaluation"] = rows  # saved as each precision finishes
-            save()
-            print(f"[gpu] evaluation {name}: {json.dumps(rows[-1].get('seconds', rows[-1]), default=str)[:300]}", flush=True)
-        results["precision_agreement"] = precision_agreement(rows)
+            for graphs in {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]:
+                cuda_graphs.set_enabled(graphs)
+                try:
+                    rows.append(cpu_bench.bench_evaluation(heldout(), "tiny" if args.quick else "base", eval_seconds, args.repeats,
+                                                           device, dtype, warmup=True))
+                except Exception as error:  # keep the other precision
+                    rows.append({"dtype": name, "skipped": f"{type(error).__name__}: {error}"})
+                    results["failures"][f"evaluation {name}"] = traceback.format_exc(limit=-8)
+                finally:
+                    cuda_graphs.set_enabled(True)
+                rows[-1]["probe_cuda_graphs"] = graphs and device.type == "cuda"
+                results["evaluation"] = rows  # saved as each run finishes
+                save()
+                print(f"[gpu] evaluation {name} graphs {'on' if graphs else 'off'}: "
+                      f"{json.dumps(rows[-1].get('seconds', rows[-1]), default=str)[:300]}", flush=True)
+        results["precision_agreement"] = precision_agreement([row for row in rows if row["probe_cuda_graphs"]] or rows)
         return rows
 
     sections["evaluation"] = evaluation

@@ -1,6 +1,7 @@
 """The linear probe's work per fit, counted: the tensor operations it dispatches (ATen dispatches on the CPU, a
 proxy for its GPU kernel launches, which likely set its pace there: benchmarks/speed/gpu_probe_lbfgs/notes.md),
-its matrix products and its CPU time, on the probe inputs of real evaluations.
+its matrix products and its time (CPU by default; ``--device cuda`` on a GPU, where ``--cuda-graphs both`` fits
+each input without and with the probe's CUDA graphs), on the probe inputs of real evaluations.
 
     .venv/bin/python -m benchmarks.speed.probe_ops --corpus runs/bench_speed/corpus --inputs /tmp/probe_inputs.pt
 
@@ -63,18 +64,29 @@ def capture_inputs(corpus: Path, path: Path) -> List[tuple]:
     return captured
 
 
-def count_fit(inputs: tuple, repeats: int) -> dict:
-    from ssl_mi_callback.estimators import LinearProbe
+def count_fit(inputs: tuple, repeats: int, device: str = "cpu", cuda_graphs: bool = True) -> dict:
+    """One input's fit: the operations dispatched from the host (on a GPU, a replayed CUDA graph's kernels
+    are not among them) and the median time of ``repeats`` more fits (the GPU synchronised around each)."""
+    from ssl_mi_callback.estimators import LinearProbe, cuda_graphs as graphs
 
-    x, y, groups, n_classes, seed = inputs
-    with _OperationCounter() as counter:
-        probe = LinearProbe(n_classes, seed=seed).fit(x, y, groups)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        LinearProbe(n_classes, seed=seed).fit(x, y, groups)
-        times.append(time.perf_counter() - start)
+    x, y, groups, n_classes, seed = (item.to(device) if torch.is_tensor(item) else item for item in inputs)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    graphs.set_enabled(cuda_graphs)
+    try:
+        with _OperationCounter() as counter:
+            probe = LinearProbe(n_classes, seed=seed).fit(x, y, groups)
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            LinearProbe(n_classes, seed=seed).fit(x, y, groups)
+            sync()
+            times.append(time.perf_counter() - start)
+    finally:
+        graphs.set_enabled(True)
     return {
+        "device": str(device),
+        "cuda_graphs": bool(cuda_graphs and torch.device(device).type == "cuda"),
         "frames_x_dims": list(x.shape),
         "operations": sum(counter.counts.values()),
         "matrix_products": counter.counts["addmm"] + counter.counts["mm"],
@@ -94,6 +106,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--estimators", type=Path,
                         help="a checkout whose ssl_mi_callback package is counted instead of this one's")
+    parser.add_argument("--device", default="cpu", help="where the fits run (default cpu; cuda times them on a GPU)")
+    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
+                        help="the probe's CUDA graphs on a GPU: on (the default), off, or both, one after the other per input")
     args = parser.parse_args()
     if args.estimators is not None:
         sys.path.insert(0, str(args.estimators.resolve()))
@@ -102,12 +117,15 @@ def main() -> None:
     print(f"counting {Path(ssl_mi_callback.__file__).parent}", flush=True)
     torch.set_num_threads(1)
     inputs = torch.load(args.inputs) if args.inputs.is_file() else capture_inputs(args.corpus, args.inputs)
-    rows = [count_fit(item, args.repeats) for item in inputs]
-    print("| frames x dims | tensor operations | matrix products | CPU s (1 thread) | chosen wd | refit iterations | CV curve (bits) |")
-    print("|---|---|---|---|---|---|---|")
+    settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
+    rows = [count_fit(item, args.repeats, args.device, graphs) for item in inputs for graphs in settings]
+    print("| frames x dims | device | CUDA graphs | operations from the host | matrix products | seconds (1 CPU thread) | chosen wd | "
+          "refit iterations | CV curve (bits) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['frames_x_dims'][0]} x {row['frames_x_dims'][1]} | {row['operations']} | {row['matrix_products']} | "
-              f"{row['seconds']:.3f} | {row['weight_decay']:.3g} | {row['refit_iterations']} | {row['cv_bits']} |")
+        print(f"| {row['frames_x_dims'][0]} x {row['frames_x_dims'][1]} | {row['device']} | {'on' if row['cuda_graphs'] else 'off'} | "
+              f"{row['operations']} | {row['matrix_products']} | {row['seconds']:.3f} | {row['weight_decay']:.3g} | "
+              f"{row['refit_iterations']} | {row['cv_bits']} |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
 

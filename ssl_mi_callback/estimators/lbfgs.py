@@ -17,17 +17,23 @@ differ once a search works at float32's resolution). What differs is how it comp
 - the numbers the line search and the stopping rules compare (f, g^T d, max |g|, max |d|) come back from
   the device together, once per evaluation and once per iteration, instead of once per comparison: torch's
   version waits for a GPU about 45 times per iteration with a full history (by our reading of
-  torch/optim/lbfgs.py; benchmarks/speed/gpu_probe_lbfgs/notes.md has the measured effect).
+  torch/optim/lbfgs.py; benchmarks/speed/gpu_probe_lbfgs/notes.md has the measured effect);
+- with ``cuda_graphs`` on a GPU, the tensor work between two reads (one evaluation; one iteration's move,
+  curvature pair and direction) is captured once into a CUDA graph and replayed, one launch instead of
+  dozens (:mod:`.cuda_graphs`; the state lives in fixed tensors, step lengths go in as device scalars, and
+  the pairs are kept oldest first in all m slots, the unfilled ones inert, so shapes never change).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .cuda_graphs import Program, enabled as cuda_graphs_enabled
 
 Objective = Callable[[Tensor], Tuple[Tensor, Tensor]]
 """x -> (f(x) as a 0-dim tensor, its gradient, shaped like x), computed where x is, without a host read."""
@@ -39,71 +45,85 @@ class LBFGSResult:
     loss: float  # f(x)
     n_iter: int  # iterations begun, as torch counts them (one that stops at the g^T d test included)
     n_evals: int  # objective evaluations, the first included
+    graph_replays: int = 0  # steps (evaluations and iterations) replayed from CUDA graphs
 
 
 @dataclass
 class _Point:
-    """One evaluation along the search line: step t, f, g^T d, (g - g_start)^T d, max |g| (host numbers),
-    g and the point x + t d itself (device; ``x`` is None where the caller keeps no iterate)."""
+    """One evaluation along the search line: step t, f, g^T d, (g - g_start)^T d, max |g| (host numbers), and
+    on the device the point x + t d stacked over its gradient (2 x n; None for the line's start, which the
+    run keeps itself)."""
 
     t: float
     f: float
     gtd: float
     change_td: float
     g_max: float
-    g: Tensor
-    x: Optional[Tensor] = None
+    tensors: Optional[Tensor] = None
 
 
 class _Pairs:
-    """The last ``size`` curvature pairs (s, y) in ring buffers, with S Y^T and Y Y^T kept up to date
-    (one row and column per new pair), for the compact inverse-Hessian product."""
+    """The last ``size`` curvature pairs (s, y), oldest first with the newest in the last slot, and S^T Y
+    and Y^T Y kept up to date (one row and column per new pair), for the compact inverse-Hessian product.
 
-    def __init__(self, size: int, like: Tensor) -> None:
-        self.size, self.count, self.next = size, 0, 0
-        self.steps = like.new_empty((size, like.numel()))
-        self.changes = like.new_empty((size, like.numel()))
-        self.step_dot_change = like.new_zeros((size, size))  # [i, j] = s_i . y_j (ring slots)
+    With ``static`` the products run over all ``size`` slots: a slot not filled yet is inert (s = y = 0,
+    its rows and columns of S^T Y and Y^T Y zero, 1 on R's diagonal), so it adds exact zeros, and the shapes
+    never change, as a CUDA graph needs. Otherwise they run over the filled slots only."""
+
+    def __init__(self, size: int, like: Tensor, static: bool = False) -> None:
+        self.size, self.count, self.static = size, 0, static
+        self.steps = like.new_zeros((size, like.numel()))
+        self.changes = like.new_zeros((size, like.numel()))
+        self.step_dot_change = torch.eye(size, dtype=like.dtype, device=like.device)  # [i, j] = s_i . y_j
         self.change_dot_change = like.new_zeros((size, size))  # [i, j] = y_i . y_j
-        self.gamma: Optional[Tensor] = None
+        self.gamma = like.new_ones(())  # s^T y / y^T y of the newest pair
 
-    def add(self, step: Tensor, change: Tensor, step_dot_change: float) -> None:
-        """Keep (s, y), dropping the oldest pair when full. ``step_dot_change`` is the s^T y the pair was
-        accepted with (> 0): it is R's diagonal, so R stays invertible whatever the device's own rounding
-        of s . y."""
-        slot = self.next
-        self.steps[slot], self.changes[slot] = step, change
-        self.count, self.next = min(self.count + 1, self.size), (slot + 1) % self.size
-        steps, changes = self.steps[: self.count], self.changes[: self.count]
-        self.step_dot_change[slot, : self.count] = changes @ step
-        self.step_dot_change[: self.count, slot] = steps @ change
-        self.step_dot_change[slot, slot] = step_dot_change
+    def _first(self) -> int:
+        """The first slot the products use."""
+        return 0 if self.static else self.size - self.count
+
+    def add(self, step: Tensor, change: Tensor, step_dot_change: Union[float, Tensor]) -> None:
+        """Keep (s, y), dropping the oldest pair when full (host count, then :meth:`push`)."""
+        self.count = min(self.count + 1, self.size)
+        self.push(step, change, step_dot_change)
+
+    def push(self, step: Tensor, change: Tensor, step_dot_change: Union[float, Tensor]) -> None:
+        """The device work of :meth:`add`, for a count already raised: shift the pairs one slot towards the
+        front and write (s, y) into the last. ``step_dot_change`` is the s^T y the pair was accepted with
+        (> 0): it is R's diagonal, so R stays invertible whatever the device's own rounding of s . y."""
+        first, last = self._first(), self.size - 1
+        keep = first + 1  # the oldest slot kept: the first filled before this pair (the second when full)
+        for buffer in (self.steps, self.changes):
+            buffer[keep - 1:last] = buffer[keep:].clone()
+        for matrix in (self.step_dot_change, self.change_dot_change):
+            matrix[keep - 1:last, keep - 1:last] = matrix[keep:, keep:].clone()
+        self.steps[last], self.changes[last] = step, change
+        steps, changes = self.steps[first:], self.changes[first:]
+        self.step_dot_change[last, first:] = changes @ step
+        self.step_dot_change[first:, last] = steps @ change
+        self.step_dot_change[last, last] = step_dot_change
         change_dots = changes @ change
-        self.change_dot_change[slot, : self.count] = change_dots
-        self.change_dot_change[: self.count, slot] = change_dots
-        self.gamma = self.step_dot_change[slot, slot] / change_dots[slot]
+        self.change_dot_change[last, first:] = change_dots
+        self.change_dot_change[first:, last] = change_dots
+        self.gamma.copy_(self.step_dot_change[last, last] / change_dots[-1])
 
     def inverse_hessian_times(self, g: Tensor) -> Tensor:
-        """H g by the compact form (module docstring). The big products work on the ring buffers as they
-        are; only the m x m algebra (in float64) follows the pairs' age, through a permutation made on g's
-        device (no host-to-device copy)."""
-        if self.gamma is None:  # no pair yet: H = I
+        """H g by the compact form (module docstring); H = I before the first pair. Only the m x m algebra
+        runs in float64."""
+        if self.count == 0:
             return g.clone()
-        n = self.count
-        age = (torch.arange(n, device=g.device) + (self.next - n)) % self.size  # ring slot of the i-th oldest
-        steps, changes = self.steps[:n], self.changes[:n]
-        sy = self.step_dot_change[:n, :n][age][:, age].double()
-        yy = self.change_dot_change[:n, :n][age][:, age].double()
-        s_g, y_g = (steps @ g).double()[age, None], (changes @ g).double()[age, None]
+        first = self._first()
+        steps, changes = self.steps[first:], self.changes[first:]
+        sy = self.step_dot_change[first:, first:].double()
+        yy = self.change_dot_change[first:, first:].double()
+        s_g, y_g = (steps @ g).double()[:, None], (changes @ g).double()[:, None]
         gamma = self.gamma.double()
         upper = torch.triu(sy)
         p = torch.linalg.solve_triangular(upper, s_g, upper=True)
         rhs = torch.diagonal(sy)[:, None] * p + gamma * (yy @ p) - gamma * y_g
         top = torch.linalg.solve_triangular(upper.T, rhs, upper=False)
-        by_slot = torch.zeros((2, n), dtype=g.dtype, device=g.device)
-        by_slot[0, age], by_slot[1, age] = top[:, 0].to(g.dtype), p[:, 0].to(g.dtype)
         gamma = gamma.to(g.dtype)
-        return gamma * g + steps.T @ by_slot[0] - gamma * (changes.T @ by_slot[1])
+        return gamma * g + steps.T @ top[:, 0].to(g.dtype) - gamma * (changes.T @ p[:, 0].to(g.dtype))
 
 
 def _cubic_minimum(t1: float, f1: float, d1: float, t2: float, f2: float, d2: float,
@@ -205,6 +225,97 @@ def _strong_wolfe(evaluate: Callable[[float], _Point], start: _Point, t: float, 
     return bracket[low_pos], evals
 
 
+class _Run:
+    """The device state of one minimisation and the tensor programs that change it, each a
+    :class:`.cuda_graphs.Program` (captured into a CUDA graph and replayed on a GPU, when ``graphs``):
+
+    - ``evaluate``: the point x + t d, f and g there, and the numbers the line search compares;
+    - ``iterate`` (one program per case: with a new curvature pair, without, before any pair): take the
+      accepted point as x and g, keep the pair, and compute the new direction d = -H g with g^T d and max |d|.
+
+    The host passes them only step lengths (device scalars it fills) and reads back one stack of numbers per
+    call; the first evaluation and the first direction (d = -g) run as they are."""
+
+    def __init__(self, objective: Objective, x0: Tensor, history_size: int, graphs: bool, static: bool) -> None:
+        self.objective = objective
+        self.x = x0.detach().clone()
+        self.g, self.previous_g, self.d = torch.empty_like(self.x), torch.empty_like(self.x), torch.empty_like(self.x)
+        self.step = self.x.new_zeros(())  # t of the next evaluation
+        self.accepted = self.x.new_zeros((2, self.x.numel()))  # the accepted point and its gradient
+        self.accepted_step, self.accepted_step_dot_change = self.x.new_zeros(()), self.x.new_zeros(())
+        self.point = torch.empty_like(self.accepted)  # evaluate's x + t d and gradient
+        self.point_numbers = self.x.new_empty(4)  # f, g^T d, (g - g_start)^T d, max |g| there
+        self.direction_numbers = self.x.new_empty(2)  # g^T d, max |d|
+        self.pairs = _Pairs(history_size, self.x, static=static)
+        device = self.x.device if graphs else torch.device("cpu")  # a CPU "device" runs programs eagerly
+        self.evaluate_program = Program(self._evaluate, device)
+        self.iterate_programs = {case: Program(lambda add=add: self._iterate(add), device)
+                                 for case, add in (("add", True), ("keep", False), ("none", False))}
+
+    def start(self) -> Tuple[float, float]:
+        """f and max |g| at x0."""
+        loss, g = self.objective(self.x)
+        self.g.copy_(g)
+        f, g_max = torch.stack([loss.to(g.dtype), g.abs().max()]).tolist()  # one device-to-host copy
+        return f, g_max
+
+    def graph_replays(self) -> int:
+        return sum(program.replays for program in [self.evaluate_program, *self.iterate_programs.values()])
+
+    def release(self) -> None:
+        """Free the graphs now, outside any capture (see :mod:`.cuda_graphs`)."""
+        for program in [self.evaluate_program, *self.iterate_programs.values()]:
+            program.release()
+
+    def first_direction(self) -> Tuple[float, float, float]:
+        """d = -g; g^T d, max |d| and |g|_1."""
+        torch.neg(self.g, out=self.d)
+        gtd, d_max, g_sum = torch.stack([self.g.dot(self.d), self.d.abs().max(), self.g.abs().sum()]).tolist()
+        return gtd, d_max, g_sum
+
+    def evaluate(self, step: float) -> _Point:
+        """f and g at x + step d; the numbers the search compares come back in one device-to-host copy."""
+        self.step.fill_(step)
+        self.evaluate_program()
+        tensors = self.point.clone()
+        f, gtd, change_td, g_max = self.point_numbers.tolist()
+        return _Point(step, f, gtd, change_td, g_max, tensors)
+
+    def next_direction(self, accepted: _Point, step_dot_change: float, add: bool) -> Tuple[float, float]:
+        """Move to the accepted point, keep (t d, g_new - g) when ``add`` (accepted with s^T y =
+        ``step_dot_change``), and compute the new direction; its g^T d and max |d|."""
+        if accepted.tensors is None:  # the line's start: x and g stay
+            self.accepted[0].copy_(self.x)
+            self.accepted[1].copy_(self.g)
+        else:
+            self.accepted.copy_(accepted.tensors)
+        if add:
+            self.accepted_step.fill_(accepted.t)
+            self.accepted_step_dot_change.fill_(step_dot_change)
+            self.pairs.count = min(self.pairs.count + 1, self.pairs.size)  # host state stays out of the programs
+        self.iterate_programs["add" if add else "keep" if self.pairs.count else "none"]()
+        gtd, d_max = self.direction_numbers.tolist()
+        return gtd, d_max
+
+    # the programs' bodies: device work only, on tensors that live as long as the run
+    def _evaluate(self) -> None:
+        x_at = self.x + self.step * self.d
+        loss, g_at = self.objective(x_at)
+        self.point[0].copy_(x_at)
+        self.point[1].copy_(g_at)
+        numbers = [loss.to(g_at.dtype), g_at.dot(self.d), (g_at - self.g).dot(self.d), g_at.abs().max()]
+        self.point_numbers.copy_(torch.stack(numbers))
+
+    def _iterate(self, add: bool) -> None:
+        self.previous_g.copy_(self.g)
+        self.x.copy_(self.accepted[0])
+        self.g.copy_(self.accepted[1])
+        if add:
+            self.pairs.push(self.d * self.accepted_step, self.g - self.previous_g, self.accepted_step_dot_change)
+        torch.neg(self.pairs.inverse_hessian_times(self.g), out=self.d)
+        self.direction_numbers.copy_(torch.stack([self.g.dot(self.d), self.d.abs().max()]))
+
+
 def minimize(
     objective: Objective,
     x0: Tensor,
@@ -214,58 +325,61 @@ def minimize(
     tolerance_change: float = 1e-9,
     history_size: int = 100,
     max_eval: Optional[int] = None,
+    cuda_graphs: bool = False,
+    static_shapes: Optional[bool] = None,
 ) -> LBFGSResult:
     """Minimise ``objective`` from ``x0`` (a 1-d tensor; the result lives where it does) with at most
     ``max_iter`` iterations and ``max_eval`` evaluations (default 1.25 max_iter), as
     ``torch.optim.LBFGS(lr=1, line_search_fn="strong_wolfe")`` with the same arguments would: stops when
-    max |g| <= tolerance_grad, or when g^T d, the step or the change of f fall below tolerance_change."""
+    max |g| <= tolerance_grad, or when g^T d, the step or the change of f fall below tolerance_change.
+
+    ``cuda_graphs``: on a GPU, replay each step's kernels as a CUDA graph (:mod:`.cuda_graphs`; unless
+    graphs are off there). ``objective`` must then be capturable: fixed shapes, no host reads, no Python
+    state changed per call. ``static_shapes`` (default: whether graphs are used) runs the inverse-Hessian
+    product over all history slots, the unfilled ones inert, as a graph needs; the same arithmetic up to
+    rounding."""
     if x0.dim() != 1:
         raise ValueError(f"x0 must be a 1-d tensor, got shape {tuple(x0.shape)}")
     max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
     for name, value in (("max_iter", max_iter), ("max_eval", max_eval), ("history_size", history_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    x = x0.detach().clone()
+    graphs = bool(cuda_graphs) and x0.is_cuda and cuda_graphs_enabled()
+    run = _Run(objective, x0, min(history_size, max_iter), graphs, graphs if static_shapes is None else static_shapes)
+    try:
+        return _minimize_loop(run, max_iter, max_eval, tolerance_grad, tolerance_change)
+    finally:
+        run.release()
 
-    loss, g = objective(x)
-    f, g_max = torch.stack([loss.to(g.dtype), g.abs().max()]).tolist()  # one device-to-host copy
+
+def _minimize_loop(run: _Run, max_iter: int, max_eval: int, tolerance_grad: float, tolerance_change: float) -> LBFGSResult:
+    """:func:`minimize`'s loop over ``run``."""
+    f, g_max = run.start()
     evals, n_iter = 1, 0
     if g_max <= tolerance_grad:
-        return LBFGSResult(x, f, 0, evals)
-    pairs = _Pairs(min(history_size, max_iter), x)
-    d = g.neg()
-    previous_g: Optional[Tensor] = None
-    t = change_td = 0.0  # the last step and (g_new - g)^T d along it
+        return LBFGSResult(run.x, f, 0, evals, 0)
+    accepted: Optional[_Point] = None
+    x_final: Optional[Tensor] = None  # the last accepted point (None: x0)
     while n_iter < max_iter:
         n_iter += 1
-        if previous_g is not None:
-            ys = t * change_td  # y^T s, y = g_new - g, s = t d: read with the accepted point
-            if ys > 1e-10:
-                pairs.add(d * t, g - previous_g, ys)
-            d = pairs.inverse_hessian_times(g).neg_()
-        previous_g, previous_f = g, f
-        numbers = [g.dot(d), d.abs().max()] + ([g.abs().sum()] if n_iter == 1 else [])
-        gtd_t, d_max_t, *first = torch.stack(numbers).tolist()  # one device-to-host copy
-        t = _float32(min(1.0, 1.0 / first[0])) if first and first[0] > 0 else 1.0
-        if gtd_t > -tolerance_change:
+        if accepted is None:
+            gtd, d_max, g_sum = run.first_direction()
+            t = _float32(min(1.0, 1.0 / g_sum)) if g_sum > 0 else 1.0
+        else:
+            ys = accepted.t * accepted.change_td  # y^T s, y = g_new - g, s = t d: read with the accepted point
+            gtd, d_max = run.next_direction(accepted, ys, add=ys > 1e-10)
+            t = 1.0
+        previous_f = f
+        if gtd > -tolerance_change:
             break
-        start = _Point(0.0, f, gtd_t, 0.0, g_max, g, x)
-
-        def evaluate(step: float, direction: Tensor = d, g_start: Tensor = g, x_start: Tensor = x) -> _Point:
-            """f, g at x + step d; the numbers the search compares come back in one device-to-host copy."""
-            x_at = x_start + step * direction
-            loss_at, g_at = objective(x_at)
-            numbers = [loss_at.to(g_at.dtype), g_at.dot(direction), (g_at - g_start).dot(direction), g_at.abs().max()]
-            f_at, gtd_at, change_td_at, g_max_at = torch.stack(numbers).tolist()
-            return _Point(step, f_at, gtd_at, change_td_at, g_max_at, g_at, x_at)
-
-        accepted, spent = _strong_wolfe(evaluate, start, t, d_max_t, max_eval - evals)
+        start = _Point(0.0, f, gtd, 0.0, g_max)
+        accepted, spent = _strong_wolfe(run.evaluate, start, t, d_max, max_eval - evals)
         evals += spent
-        t, x = accepted.t, accepted.x  # the evaluated point itself: its g is the one read
-        f, g, g_max = accepted.f, accepted.g, accepted.g_max
-        change_td = accepted.change_td
+        t, f, g_max = accepted.t, accepted.f, accepted.g_max
+        if accepted.tensors is not None:
+            x_final = accepted.tensors[0]
         if n_iter == max_iter or evals >= max_eval or g_max <= tolerance_grad:
             break
-        if t * d_max_t <= tolerance_change or abs(f - previous_f) < tolerance_change:
+        if t * d_max <= tolerance_change or abs(f - previous_f) < tolerance_change:
             break
-    return LBFGSResult(x, f, n_iter, evals)
+    return LBFGSResult(run.x.clone() if x_final is None else x_final.clone(), f, n_iter, evals, run.graph_replays())
