@@ -63,24 +63,25 @@ class _Point:
 
 
 class _Pairs:
-    """The last ``size`` curvature pairs (s, y), oldest first with the newest in the last slot, and S^T Y
-    and Y^T Y kept up to date (one row and column per new pair), for the compact inverse-Hessian product.
+    """The last ``size`` curvature pairs (s, y), with S^T Y and Y^T Y kept up to date (one row and column per
+    new pair), for the compact inverse-Hessian product. Two layouts, the same arithmetic up to the order of
+    summation:
 
-    With ``static`` the products run over all ``size`` slots: a slot not filled yet is inert (s = y = 0,
-    its rows and columns of S^T Y and Y^T Y zero, 1 on R's diagonal), so it adds exact zeros, and the shapes
-    never change, as a CUDA graph needs. Otherwise they run over the filled slots only."""
+    - default (eager): a ring. Slot ``next`` takes the newest pair, the products run over the filled slots,
+      and the m x m algebra follows the pairs' age through a permutation: no copy of the big buffers per
+      pair;
+    - ``static`` (the fixed shapes a CUDA graph needs): oldest first with the newest in the last slot,
+      shifted one slot per new pair, and the products over all ``size`` slots. A slot not filled yet is inert
+      (s = y = 0, its rows and columns of S^T Y and Y^T Y zero, 1 on R's diagonal), so it adds exact zeros.
+    """
 
     def __init__(self, size: int, like: Tensor, static: bool = False) -> None:
-        self.size, self.count, self.static = size, 0, static
+        self.size, self.count, self.next, self.static = size, 0, 0, static
         self.steps = like.new_zeros((size, like.numel()))
         self.changes = like.new_zeros((size, like.numel()))
         self.step_dot_change = torch.eye(size, dtype=like.dtype, device=like.device)  # [i, j] = s_i . y_j
         self.change_dot_change = like.new_zeros((size, size))  # [i, j] = y_i . y_j
         self.gamma = like.new_ones(())  # s^T y / y^T y of the newest pair
-
-    def _first(self) -> int:
-        """The first slot the products use."""
-        return 0 if self.static else self.size - self.count
 
     def add(self, step: Tensor, change: Tensor, step_dot_change: Union[float, Tensor]) -> None:
         """Keep (s, y), dropping the oldest pair when full (host count, then :meth:`push`)."""
@@ -88,42 +89,54 @@ class _Pairs:
         self.push(step, change, step_dot_change)
 
     def push(self, step: Tensor, change: Tensor, step_dot_change: Union[float, Tensor]) -> None:
-        """The device work of :meth:`add`, for a count already raised: shift the pairs one slot towards the
-        front and write (s, y) into the last. ``step_dot_change`` is the s^T y the pair was accepted with
-        (> 0): it is R's diagonal, so R stays invertible whatever the device's own rounding of s . y."""
-        first, last = self._first(), self.size - 1
-        keep = first + 1  # the oldest slot kept: the first filled before this pair (the second when full)
-        for buffer in (self.steps, self.changes):
-            buffer[keep - 1:last] = buffer[keep:].clone()
-        for matrix in (self.step_dot_change, self.change_dot_change):
-            matrix[keep - 1:last, keep - 1:last] = matrix[keep:, keep:].clone()
-        self.steps[last], self.changes[last] = step, change
-        steps, changes = self.steps[first:], self.changes[first:]
-        self.step_dot_change[last, first:] = changes @ step
-        self.step_dot_change[first:, last] = steps @ change
-        self.step_dot_change[last, last] = step_dot_change
+        """The device work of :meth:`add`, for a count already raised. ``step_dot_change`` is the s^T y the
+        pair was accepted with (> 0): it is R's diagonal, so R stays invertible whatever the device's own
+        rounding of s . y."""
+        if self.static:  # shift the pairs one slot towards the front; the newest goes last
+            last = self.size - 1
+            for buffer in (self.steps, self.changes):
+                buffer[0:last] = buffer[1:].clone()
+            for matrix in (self.step_dot_change, self.change_dot_change):
+                matrix[0:last, 0:last] = matrix[1:, 1:].clone()
+            slot, rows = last, self.size
+        else:  # Python state: this layout never runs in a graph
+            slot, rows, self.next = self.next, self.count, (self.next + 1) % self.size
+        self.steps[slot], self.changes[slot] = step, change
+        steps, changes = self.steps[:rows], self.changes[:rows]
+        self.step_dot_change[slot, :rows] = changes @ step
+        self.step_dot_change[:rows, slot] = steps @ change
+        self.step_dot_change[slot, slot] = step_dot_change
         change_dots = changes @ change
-        self.change_dot_change[last, first:] = change_dots
-        self.change_dot_change[first:, last] = change_dots
-        self.gamma.copy_(self.step_dot_change[last, last] / change_dots[-1])
+        self.change_dot_change[slot, :rows] = change_dots
+        self.change_dot_change[:rows, slot] = change_dots
+        self.gamma.copy_(self.step_dot_change[slot, slot] / change_dots[slot])
 
     def inverse_hessian_times(self, g: Tensor) -> Tensor:
         """H g by the compact form (module docstring); H = I before the first pair. Only the m x m algebra
         runs in float64."""
         if self.count == 0:
             return g.clone()
-        first = self._first()
-        steps, changes = self.steps[first:], self.changes[first:]
-        sy = self.step_dot_change[first:, first:].double()
-        yy = self.change_dot_change[first:, first:].double()
-        s_g, y_g = (steps @ g).double()[:, None], (changes @ g).double()[:, None]
+        n = self.size if self.static else self.count
+        steps, changes = self.steps[:n], self.changes[:n]
+        sy = self.step_dot_change[:n, :n].double()
+        yy = self.change_dot_change[:n, :n].double()
+        s_g, y_g = (steps @ g).double(), (changes @ g).double()
+        age = None
+        if not self.static:  # the ring: the m x m algebra in age order, through the slot of the i-th oldest
+            age = (torch.arange(n, device=g.device) + (self.next - n)) % self.size
+            sy, yy, s_g, y_g = sy[age][:, age], yy[age][:, age], s_g[age], y_g[age]
         gamma = self.gamma.double()
         upper = torch.triu(sy)
-        p = torch.linalg.solve_triangular(upper, s_g, upper=True)
-        rhs = torch.diagonal(sy)[:, None] * p + gamma * (yy @ p) - gamma * y_g
+        p = torch.linalg.solve_triangular(upper, s_g[:, None], upper=True)
+        rhs = torch.diagonal(sy)[:, None] * p + gamma * (yy @ p) - gamma * y_g[:, None]
         top = torch.linalg.solve_triangular(upper.T, rhs, upper=False)
+        top, p = top[:, 0].to(g.dtype), p[:, 0].to(g.dtype)
+        if age is not None:  # back to the slots' order
+            by_slot = torch.zeros((2, n), dtype=g.dtype, device=g.device)
+            by_slot[0, age], by_slot[1, age] = top, p
+            top, p = by_slot
         gamma = gamma.to(g.dtype)
-        return gamma * g + steps.T @ top[:, 0].to(g.dtype) - gamma * (changes.T @ p[:, 0].to(g.dtype))
+        return gamma * g + steps.T @ top - gamma * (changes.T @ p)
 
 
 def _cubic_minimum(t1: float, f1: float, d1: float, t2: float, f2: float, d2: float,
