@@ -7,7 +7,7 @@
 # hook section with graphs on. Steps, from the repo root here:
 #   bash benchmarks/speed/device/prepare.sh runs/bench_speed/corpus          # writes .device/ (once)
 #   cp PROBE_INPUTS .device/probe_inputs.pt      # from python -m benchmarks.speed.probe_ops --inputs PROBE_INPUTS
-#   git show BEFORE:ssl_mi_callback/estimators/lbfgs.py > .device/lbfgs_head.py     # BEFORE: the commit before
+#   git show BEFORE:ssl_mi_callback/estimators/lbfgs.py > .device/lbfgs_head.py     # BEFORE: the commit before (f5fc0b2 in the recorded run)
 #   git show BEFORE:ssl_mi_callback/estimators/probes.py > .device/probes_head.py
 # then one device call: run(command="bash benchmarks/speed/gpu_probe_graphs/run_device.sh", carry=[".device"]),
 # about 5 minutes. $OUT gets the logs and result files; notes.md here says what they showed.
