@@ -219,18 +219,18 @@ def bench_kmeans(grid: List[tuple], device: torch.device, levels: List[int]) -> 
 
 
 # ----------------------------------------------------------------------------------- report
-def target_rows(results: dict) -> List[str]:
-    """The GPU rows of the main report's target table (run.py), from a results_gpu.json: the evaluation's
-    ratio to its forward (<= 1.25x), the hook's overhead at the base recipes' defaults and in the tiny
-    recipe (<= 2%)."""
-    where = f"GPU ({results['machine']['cuda'] or results['device']})"
+def target_rows(results: dict, link: str = "results_gpu.md") -> List[str]:
+    """The GPU rows of the main report's target table (run.py), from a results_gpu.json (its table at
+    ``link``, relative to the report): the evaluation's ratio to its forward (<= 1.25x), the hook's overhead
+    at the base recipes' defaults and in the tiny recipe (<= 2%)."""
+    where = f"GPU ({results['machine']['cuda'] or results['device']}, {results['started']} UTC)"
     rows = []
     for row in results.get("evaluation") or []:
         if "skipped" not in row:
             ratio = row["ratio_evaluate_to_forward"]
             rows.append(f"| full evaluation <= 1.25x two-view forward | {where}, {row['model'].split(' (')[0]}, "
                         f"{row['audio_seconds']:.0f} s of audio, {row['dtype']} weights{_graphs_note(row)} | {'met' if ratio <= 1.25 else 'missed'} "
-                        f"({ratio:.2f}x; [results_gpu.md](results_gpu.md)) |")
+                        f"({ratio:.2f}x; [{link}]({link})) |")
     for row in results.get("base_overhead") or []:
         if "skipped" not in row:
             rows.append(cpu_bench.base_recipes_target_row(f"{where}, {row['model']}, {row['precision']}", row["overhead_percent"],

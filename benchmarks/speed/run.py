@@ -1109,6 +1109,11 @@ def base_recipes_target_row(where: str, percent: float, interval: int, detail: s
             f"({percent:.3g}%: one evaluation per {interval} updates{detail}) |")
 
 
+GPU_FOLLOW_UPS = ["gpu_probe_graphs/results_gpu.md"]
+"""Tables of later GPU runs of one section (next to their results_gpu.json) whose target rows join the main
+report's, after those of the complete run in results_gpu.json."""
+
+
 def write_report(results: dict, out: Path) -> None:
     m = results["machine"]
     loads = lambda values: ", ".join(f"{v:.2f}" for v in values)
@@ -1181,10 +1186,14 @@ def write_report(results: dict, out: Path) -> None:
                 continue
             lines.append(base_recipes_target_row(f"{row['recipe']}, CPU{' (--quick: smoke run)' if bo.get('quick') else ''}",
                                                  row["overhead_percent"], row["validate_interval_updates"], "; see section 3b"))
+    follow_ups = [(json.loads((HERE / link).with_suffix(".json").read_text()), link) for link in GPU_FOLLOW_UPS
+                  if out.resolve() == HERE and (HERE / link).with_suffix(".json").exists()]
     if gpu_results:  # the GPU rows belong to the main report
         from benchmarks.speed import gpu as gpu_bench
 
         lines += gpu_bench.target_rows(gpu_results)
+        for follow_up, link in follow_ups:
+            lines += gpu_bench.target_rows(follow_up, link)
     if len(lines) == other_start + len(other_header):  # a run of k-means only: no other target was measured
         del lines[other_start:]
     if out.resolve() == HERE:
@@ -1194,6 +1203,9 @@ def write_report(results: dict, out: Path) -> None:
                                       "none measured yet. `python -m benchmarks.speed.gpu` measures them (one device call: "
                                       "`benchmarks/speed/device/prepare.sh` here, `benchmarks/speed/device/run.sh` there) and writes "
                                       "results_gpu.md; the pending rows below stay until then.")]
+        for follow_up, link in follow_ups:
+            lines += ["", f"Later GPU rows: `{follow_up['command']}` on {follow_up['machine']['cuda'] or follow_up['device']} "
+                          f"({follow_up['started']} UTC), in [{link}]({link})."]
     lines.append("")
     notes = HERE / "results_notes.md"  # hand-written reading of the current run (kept by --report-only)
     if notes.exists() and out.resolve() == HERE:
