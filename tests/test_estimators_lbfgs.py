@@ -2,6 +2,9 @@
 keeps, and against closed-form answers."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -158,6 +161,28 @@ def test_a_cuda_graph_capture_that_fails_falls_back_to_eager_steps():
     done = subprocess.run([sys.executable, "-c", CAPTURE_FAILURE_SCRIPT], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "fell back" in done.stdout, done.stderr[-3000:]
     assert "CUDA graph capture failed" in done.stderr
+
+
+def test_a_run_frees_its_objective_when_it_returns():
+    """The run's programs hold bound methods of the run (a reference cycle): it breaks them when it ends, so
+    the objective and its data are freed at once, not whenever the cycle collector next runs (on a GPU, a
+    fold's copy of the probe's frames each time)."""
+    data = torch.randn(300)
+    freed = weakref.ref(data)
+
+    def objective(x, data=data):  # the function itself holds the data (``del data`` below drops only ours)
+        return ((x - data) ** 2).sum(), 2 * (x - data)
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        result = lbfgs.minimize(objective, torch.zeros(300), max_iter=5)
+        del objective, data
+        assert freed() is None
+    finally:
+        if collecting:
+            gc.enable()
+    assert result.n_iter >= 1
 
 
 def test_quadratic_reaches_its_closed_form_minimum():

@@ -382,16 +382,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows = []
         for name, dtype in DTYPES.items():
             for graphs in {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]:
-                cuda_graphs.set_enabled(graphs)
                 try:
-                    rows.append(cpu_bench.bench_evaluation(heldout(), "tiny" if args.quick else "base", eval_seconds, args.repeats,
-                                                           device, dtype, warmup=True))
+                    with cuda_graphs.switched(graphs):
+                        rows.append(cpu_bench.bench_evaluation(heldout(), "tiny" if args.quick else "base", eval_seconds,
+                                                               args.repeats, device, dtype, warmup=True))
                 except Exception as error:  # keep the other precision
                     rows.append({"dtype": name, "skipped": f"{type(error).__name__}: {error}"})
                     results["failures"][f"evaluation {name}"] = traceback.format_exc(limit=-8)
-                finally:
-                    cuda_graphs.set_enabled(True)
-                rows[-1]["probe_cuda_graphs"] = graphs and device.type == "cuda"
+                # "on" only where graphs ran: a failed capture turns them off for the process
+                rows[-1]["probe_cuda_graphs"] = graphs and device.type == "cuda" and cuda_graphs.failure() is None
+                rows[-1]["cuda_graph_failure"] = cuda_graphs.failure()
                 results["evaluation"] = rows  # saved as each run finishes
                 save()
                 print(f"[gpu] evaluation {name} graphs {'on' if graphs else 'off'}: "

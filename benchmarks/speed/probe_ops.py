@@ -71,8 +71,7 @@ def count_fit(inputs: tuple, repeats: int, device: str = "cpu", cuda_graphs: boo
 
     x, y, groups, n_classes, seed = (item.to(device) if torch.is_tensor(item) else item for item in inputs)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    graphs.set_enabled(cuda_graphs)
-    try:
+    with graphs.switched(cuda_graphs):
         with _OperationCounter() as counter:
             probe = LinearProbe(n_classes, seed=seed).fit(x, y, groups)
         times = []
@@ -82,11 +81,10 @@ def count_fit(inputs: tuple, repeats: int, device: str = "cpu", cuda_graphs: boo
             LinearProbe(n_classes, seed=seed).fit(x, y, groups)
             sync()
             times.append(time.perf_counter() - start)
-    finally:
-        graphs.set_enabled(True)
     return {
         "device": str(device),
-        "cuda_graphs": bool(cuda_graphs and torch.device(device).type == "cuda"),
+        "cuda_graphs": bool(cuda_graphs and torch.device(device).type == "cuda" and graphs.failure() is None),
+        "cuda_graph_failure": graphs.failure(),
         "frames_x_dims": list(x.shape),
         "operations": sum(counter.counts.values()),
         "matrix_products": counter.counts["addmm"] + counter.counts["mm"],
@@ -119,7 +117,7 @@ def main() -> None:
     inputs = torch.load(args.inputs) if args.inputs.is_file() else capture_inputs(args.corpus, args.inputs)
     settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
     rows = [count_fit(item, args.repeats, args.device, graphs) for item in inputs for graphs in settings]
-    print("| frames x dims | device | CUDA graphs | operations from the host | matrix products | seconds (1 CPU thread) | chosen wd | "
+    print("| frames x dims | device | CUDA graphs | operations from the host | matrix products | seconds (torch on 1 CPU thread) | chosen wd | "
           "refit iterations | CV curve (bits) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -16,16 +16,18 @@ tensor freed by the collector in the middle of a capture would break it.
 
 Captures share one memory pool per device, kept for the process (its size is the largest program's
 scratch). That is safe because a program writes its results into tensors allocated outside the capture,
-so whatever a capture allocates is scratch, and all replays run in order on the caller's stream. Captures do not synchronise the device or empty the allocator's cache
+so whatever a capture allocates is scratch, and all replays run in order on the caller's stream. So the
+programs of one device must run from one thread and on one stream at a time, as the probe's do. Captures do not synchronise the device or empty the allocator's cache
 (``torch.cuda.graph`` would: both are costly inside a training process).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -39,11 +41,22 @@ _anchors: Dict[int, tuple] = {}  # per device: a one-kernel graph that keeps the
 
 
 def set_enabled(enabled: bool) -> None:
-    """Turn CUDA graphs on or off for programs made from now on (the default comes from
-    ``SSL_MI_CUDA_GRAPHS``). After a failed capture they stay off: the allocator may still be recording
-    into the shared pool."""
+    """Turn CUDA graphs on or off for programs made from now on and those not captured yet (the default
+    comes from ``SSL_MI_CUDA_GRAPHS``). After a failed capture they stay off: the allocator may still be
+    recording into the shared pool."""
     global _enabled
     _enabled = bool(enabled)
+
+
+@contextlib.contextmanager
+def switched(enabled: bool) -> Iterator[None]:
+    """CUDA graphs on or off inside the ``with`` block, the previous setting restored after it."""
+    previous = _enabled
+    set_enabled(enabled)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
 
 
 def enabled() -> bool:

@@ -79,7 +79,8 @@ class _Pairs:
         self.size, self.count, self.next, self.static = size, 0, 0, static
         self.steps = like.new_zeros((size, like.numel()))
         self.changes = like.new_zeros((size, like.numel()))
-        self.step_dot_change = torch.eye(size, dtype=like.dtype, device=like.device)  # [i, j] = s_i . y_j
+        # [i, j] = s_i . y_j; the 1s on the diagonal keep the static layout's unfilled slots inert
+        self.step_dot_change = torch.eye(size, dtype=like.dtype, device=like.device)
         self.change_dot_change = like.new_zeros((size, size))  # [i, j] = y_i . y_j
         self.gamma = like.new_ones(())  # s^T y / y^T y of the newest pair
 
@@ -246,8 +247,11 @@ class _Run:
     - ``iterate`` (one program per case: with a new curvature pair, without, before any pair): take the
       accepted point as x and g, keep the pair, and compute the new direction d = -H g with g^T d and max |d|.
 
-    The host passes them only step lengths (device scalars it fills) and reads back one stack of numbers per
-    call; the first evaluation and the first direction (d = -g) run as they are."""
+    The host fills in step lengths (device scalars), copies in the accepted point, and reads back one
+    stack of numbers per call; the first evaluation and the first direction (d = -g) run as they are.
+    :meth:`release` ends the run: it frees the graphs and breaks the reference cycle between the run and
+    its programs' bound methods, so the objective's data is freed at once, not at the next cycle
+    collection."""
 
     def __init__(self, objective: Objective, x0: Tensor, history_size: int, graphs: bool, static: bool) -> None:
         self.objective = objective
@@ -276,9 +280,11 @@ class _Run:
         return sum(program.replays for program in [self.evaluate_program, *self.iterate_programs.values()])
 
     def release(self) -> None:
-        """Free the graphs now, outside any capture (see :mod:`.cuda_graphs`)."""
+        """Free the graphs now, outside any capture (see :mod:`.cuda_graphs`), and drop the programs and the
+        objective (the run is done)."""
         for program in [self.evaluate_program, *self.iterate_programs.values()]:
             program.release()
+        self.evaluate_program, self.iterate_programs, self.objective = None, {}, None
 
     def first_direction(self) -> Tuple[float, float, float]:
         """d = -g; g^T d, max |d| and |g|_1."""
@@ -339,7 +345,7 @@ def minimize(
     history_size: int = 100,
     max_eval: Optional[int] = None,
     cuda_graphs: bool = False,
-    static_shapes: Optional[bool] = None,
+    static_shapes: bool = False,
 ) -> LBFGSResult:
     """Minimise ``objective`` from ``x0`` (a 1-d tensor; the result lives where it does) with at most
     ``max_iter`` iterations and ``max_eval`` evaluations (default 1.25 max_iter), as
@@ -348,9 +354,9 @@ def minimize(
 
     ``cuda_graphs``: on a GPU, replay each step's kernels as a CUDA graph (:mod:`.cuda_graphs`; unless
     graphs are off there). ``objective`` must then be capturable: fixed shapes, no host reads, no Python
-    state changed per call. ``static_shapes`` (default: whether graphs are used) runs the inverse-Hessian
-    product over all history slots, the unfilled ones inert, as a graph needs; the same arithmetic up to
-    rounding."""
+    state changed per call. ``static_shapes`` runs the inverse-Hessian product over all history slots, the
+    unfilled ones inert, also without graphs (graphs always do); the same arithmetic up to rounding.
+    ``x0`` should be float32 or float64: step lengths are held in its dtype."""
     if x0.dim() != 1:
         raise ValueError(f"x0 must be a 1-d tensor, got shape {tuple(x0.shape)}")
     max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
@@ -358,7 +364,7 @@ def minimize(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     graphs = bool(cuda_graphs) and x0.is_cuda and cuda_graphs_enabled()
-    run = _Run(objective, x0, min(history_size, max_iter), graphs, graphs if static_shapes is None else static_shapes)
+    run = _Run(objective, x0, min(history_size, max_iter), graphs, graphs or bool(static_shapes))
     try:
         return _minimize_loop(run, max_iter, max_eval, tolerance_grad, tolerance_change)
     finally:

@@ -296,7 +296,7 @@ class LinearProbe(_Probe):
         data = -log_proba.gather(1, y[:, None]).sum()
         log_prior = bias.log_softmax(dim=0)
         loss = (data - alpha * log_prior.sum()) / normaliser + 0.5 * strength * (weight * weight).sum()
-        residual = log_proba.exp_()  # p_i - y_i, in place of the log-probabilities (no host read: capturable)
+        residual = log_proba.exp_()  # p_i - y_i, in place of the log-probabilities
         residual.scatter_add_(1, y[:, None], residual.new_full((x.shape[0], 1), -1.0))
         grad_weight = torch.addmm(weight, residual.T, x, beta=strength, alpha=1.0 / normaliser)
         grad_bias = (residual.sum(0) + alpha * (n_classes * log_prior.exp() - 1.0)) / normaliser
