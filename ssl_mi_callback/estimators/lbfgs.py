@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -51,15 +51,15 @@ class LBFGSResult:
 @dataclass
 class _Point:
     """One evaluation along the search line: step t, f, g^T d, (g - g_start)^T d, max |g| (host numbers), and
-    on the device the point x + t d stacked over its gradient (2 x n; None for the line's start, which the
-    run keeps itself)."""
+    on the device the point x + t d and its gradient (a 2 x n tensor or a pair; None for the line's start,
+    which the run keeps itself)."""
 
     t: float
     f: float
     gtd: float
     change_td: float
     g_max: float
-    tensors: Optional[Tensor] = None
+    tensors: Optional[Sequence[Tensor]] = None
 
 
 class _Pairs:
@@ -240,39 +240,69 @@ def _strong_wolfe(evaluate: Callable[[float], _Point], start: _Point, t: float, 
 
 
 class _Run:
-    """The device state of one minimisation and the tensor programs that change it, each a
+    """The state of one minimisation and the tensor programs that change it, each a
     :class:`.cuda_graphs.Program` (captured into a CUDA graph and replayed on a GPU, when ``graphs``):
 
     - ``evaluate``: the point x + t d, f and g there, and the numbers the line search compares;
     - ``iterate`` (one program per case: with a new curvature pair, without, before any pair): take the
       accepted point as x and g, keep the pair, and compute the new direction d = -H g with g^T d and max |d|.
 
-    The host fills in step lengths (device scalars), copies in the accepted point, and reads back one
-    stack of numbers per call; the first evaluation and the first direction (d = -g) run as they are.
-    :meth:`release` ends the run: it frees the graphs and breaks the reference cycle between the run and
-    its programs' bound methods, so the objective's data is freed at once, not at the next cycle
-    collection."""
+    With ``static`` (graphs always are) the state lives in fixed tensors, as a replayed graph reads and
+    writes the same memory every time: the programs copy their results into them, and the host fills in
+    step lengths as device scalars and copies in the accepted point. Otherwise (eager: the CPU, or graphs
+    off) the state is held by reference and step lengths are Python numbers, with no copy, as before the
+    graphs. Either way the host reads back one stack of numbers per call; the first evaluation and the
+    first direction (d = -g) run as they are. :meth:`release` ends the run: it frees the graphs and breaks
+    the reference cycle between the run and its programs' bound methods, so the objective's data is freed
+    at once, not at the next cycle collection."""
 
     def __init__(self, objective: Objective, x0: Tensor, history_size: int, graphs: bool, static: bool) -> None:
-        self.objective = objective
+        self.objective, self.static = objective, static
         self.x = x0.detach().clone()
-        self.g, self.previous_g, self.d = torch.empty_like(self.x), torch.empty_like(self.x), torch.empty_like(self.x)
-        self.step = self.x.new_zeros(())  # t of the next evaluation
-        self.accepted = self.x.new_zeros((2, self.x.numel()))  # the accepted point and its gradient
-        self.accepted_step, self.accepted_step_dot_change = self.x.new_zeros(()), self.x.new_zeros(())
-        self.point = torch.empty_like(self.accepted)  # evaluate's x + t d and gradient
-        self.point_numbers = self.x.new_empty(4)  # f, g^T d, (g - g_start)^T d, max |g| there
-        self.direction_numbers = self.x.new_empty(2)  # g^T d, max |d|
         self.pairs = _Pairs(history_size, self.x, static=static)
+        self.g = self.previous_g = self.d = self.point_numbers = self.direction_numbers = self.x
+        self.point: Sequence[Tensor] = ()  # x + t d and its gradient, from evaluate
+        self.accepted: Sequence[Tensor] = ()  # the accepted point and its gradient
+        self.step: Union[float, Tensor] = 0.0  # t of the next evaluation
+        self.accepted_step: Union[float, Tensor] = 0.0
+        self.accepted_step_dot_change: Union[float, Tensor] = 0.0
+        if static:  # the fixed tensors
+            self.g, self.previous_g, self.d = (torch.empty_like(self.x) for _ in range(3))
+            self.step, self.accepted_step, self.accepted_step_dot_change = (self.x.new_zeros(()) for _ in range(3))
+            self.accepted = self.x.new_zeros((2, self.x.numel()))
+            self.point = torch.empty_like(self.accepted)
+            self.point_numbers = self.x.new_empty(4)  # f, g^T d, (g - g_start)^T d, max |g| there
+            self.direction_numbers = self.x.new_empty(2)  # g^T d, max |d|
         device = self.x.device if graphs else torch.device("cpu")  # a CPU "device" runs programs eagerly
         self.evaluate_program = Program(self._evaluate, device)
         self.iterate_programs = {case: Program(lambda add=add: self._iterate(add), device)
                                  for case, add in (("add", True), ("keep", False), ("none", False))}
 
+    def _hold(self, name: str, value: Tensor) -> None:
+        """State ``name`` := ``value``: copied into its fixed tensor under static shapes, else by reference."""
+        if self.static:
+            getattr(self, name).copy_(value)
+        else:
+            setattr(self, name, value)
+
+    def _hold_number(self, name: str, value: float) -> None:
+        """A step length or s^T y: filled into its device scalar under static shapes, else kept as is."""
+        if self.static:
+            getattr(self, name).fill_(value)
+        else:
+            setattr(self, name, value)
+
+    def _hold_direction(self, minus_direction: Tensor) -> None:
+        """d := -``minus_direction``."""
+        if self.static:
+            torch.neg(minus_direction, out=self.d)
+        else:
+            self.d = minus_direction.neg()
+
     def start(self) -> Tuple[float, float]:
         """f and max |g| at x0."""
         loss, g = self.objective(self.x)
-        self.g.copy_(g)
+        self._hold("g", g)
         f, g_max = torch.stack([loss.to(g.dtype), g.abs().max()]).tolist()  # one device-to-host copy
         return f, g_max
 
@@ -288,51 +318,56 @@ class _Run:
 
     def first_direction(self) -> Tuple[float, float, float]:
         """d = -g; g^T d, max |d| and |g|_1."""
-        torch.neg(self.g, out=self.d)
+        self._hold_direction(self.g)
         gtd, d_max, g_sum = torch.stack([self.g.dot(self.d), self.d.abs().max(), self.g.abs().sum()]).tolist()
         return gtd, d_max, g_sum
 
     def evaluate(self, step: float) -> _Point:
         """f and g at x + step d; the numbers the search compares come back in one device-to-host copy."""
-        self.step.fill_(step)
+        self._hold_number("step", step)
         self.evaluate_program()
-        tensors = self.point.clone()
+        tensors = self.point.clone() if self.static else self.point  # the next evaluation overwrites the fixed one
         f, gtd, change_td, g_max = self.point_numbers.tolist()
         return _Point(step, f, gtd, change_td, g_max, tensors)
 
     def next_direction(self, accepted: _Point, step_dot_change: float, add: bool) -> Tuple[float, float]:
         """Move to the accepted point, keep (t d, g_new - g) when ``add`` (accepted with s^T y =
         ``step_dot_change``), and compute the new direction; its g^T d and max |d|."""
-        if accepted.tensors is None:  # the line's start: x and g stay
+        if not self.static:
+            self.accepted = (self.x, self.g) if accepted.tensors is None else accepted.tensors
+        elif accepted.tensors is None:  # the line's start: x and g stay
             self.accepted[0].copy_(self.x)
             self.accepted[1].copy_(self.g)
         else:
             self.accepted.copy_(accepted.tensors)
         if add:
-            self.accepted_step.fill_(accepted.t)
-            self.accepted_step_dot_change.fill_(step_dot_change)
+            self._hold_number("accepted_step", accepted.t)
+            self._hold_number("accepted_step_dot_change", step_dot_change)
             self.pairs.count = min(self.pairs.count + 1, self.pairs.size)  # host state stays out of the programs
         self.iterate_programs["add" if add else "keep" if self.pairs.count else "none"]()
         gtd, d_max = self.direction_numbers.tolist()
         return gtd, d_max
 
-    # the programs' bodies: device work only, on tensors that live as long as the run
+    # the programs' bodies: tensor work only (under static shapes, on tensors that live as long as the run)
     def _evaluate(self) -> None:
         x_at = self.x + self.step * self.d
         loss, g_at = self.objective(x_at)
-        self.point[0].copy_(x_at)
-        self.point[1].copy_(g_at)
+        if self.static:
+            self.point[0].copy_(x_at)
+            self.point[1].copy_(g_at)
+        else:
+            self.point = (x_at, g_at)
         numbers = [loss.to(g_at.dtype), g_at.dot(self.d), (g_at - self.g).dot(self.d), g_at.abs().max()]
-        self.point_numbers.copy_(torch.stack(numbers))
+        self._hold("point_numbers", torch.stack(numbers))
 
     def _iterate(self, add: bool) -> None:
-        self.previous_g.copy_(self.g)
-        self.x.copy_(self.accepted[0])
-        self.g.copy_(self.accepted[1])
+        self._hold("previous_g", self.g)
+        self._hold("x", self.accepted[0])
+        self._hold("g", self.accepted[1])
         if add:
             self.pairs.push(self.d * self.accepted_step, self.g - self.previous_g, self.accepted_step_dot_change)
-        torch.neg(self.pairs.inverse_hessian_times(self.g), out=self.d)
-        self.direction_numbers.copy_(torch.stack([self.g.dot(self.d), self.d.abs().max()]))
+        self._hold_direction(self.pairs.inverse_hessian_times(self.g))
+        self._hold("direction_numbers", torch.stack([self.g.dot(self.d), self.d.abs().max()]))
 
 
 def minimize(
