@@ -391,7 +391,7 @@ def minimize(
     graphs are off there). ``objective`` must then be capturable: fixed shapes, no host reads, no Python
     state changed per call. ``static_shapes`` runs the inverse-Hessian product over all history slots, the
     unfilled ones inert, also without graphs (graphs always do); the same arithmetic up to rounding.
-    ``x0`` should be float32 or float64: step lengths are held in its dtype."""
+    Under static shapes ``x0`` should be float32 or float64: step lengths are then held in its dtype."""
     if x0.dim() != 1:
         raise ValueError(f"x0 must be a 1-d tensor, got shape {tuple(x0.shape)}")
     max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
