@@ -343,7 +343,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--sections", default="evaluation,base_overhead,kmeans,hook", help="comma-separated sections to run, in this order")
     parser.add_argument("--budget-s", type=float, default=420.0, help="a section is not started after this many seconds (default 420)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (any device, about 2 min on a CPU)")
-    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
+    parser.add_argument("--cuda-graphs", choices=tuple(cpu_bench.CUDA_GRAPH_SETTINGS), default="on",
                         help="the probe's CUDA graphs in section 1: on (the default, as the product runs), off, or both "
                              "(each precision without, then with them: the same-call comparison)")
     args = parser.parse_args(argv)
@@ -381,7 +381,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         rows = []
         for name, dtype in DTYPES.items():
-            for graphs in {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]:
+            for graphs in cpu_bench.CUDA_GRAPH_SETTINGS[args.cuda_graphs]:
                 try:
                     with cuda_graphs.switched(graphs):
                         rows.append(cpu_bench.bench_evaluation(heldout(), "tiny" if args.quick else "base", eval_seconds,

@@ -96,6 +96,8 @@ def count_fit(inputs: tuple, repeats: int, device: str = "cpu", cuda_graphs: boo
 
 
 def main() -> None:
+    from benchmarks.speed.run import CUDA_GRAPH_SETTINGS  # no ssl_mi_callback import: --estimators still applies
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=Path("runs/bench_speed/corpus"),
                         help="a generated corpus (python -m ssl_mi_callback.corpus) with heldout.tsv")
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--estimators", type=Path,
                         help="a checkout whose ssl_mi_callback package is counted instead of this one's")
     parser.add_argument("--device", default="cpu", help="where the fits run (default cpu; cuda times them on a GPU)")
-    parser.add_argument("--cuda-graphs", choices=("on", "off", "both"), default="on",
+    parser.add_argument("--cuda-graphs", choices=tuple(CUDA_GRAPH_SETTINGS), default="on",
                         help="the probe's CUDA graphs on a GPU: on (the default), off, or both, one after the other per input")
     args = parser.parse_args()
     if args.estimators is not None:
@@ -115,8 +117,8 @@ def main() -> None:
     print(f"counting {Path(ssl_mi_callback.__file__).parent}", flush=True)
     torch.set_num_threads(1)
     inputs = torch.load(args.inputs) if args.inputs.is_file() else capture_inputs(args.corpus, args.inputs)
-    settings = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
-    rows = [count_fit(item, args.repeats, args.device, graphs) for item in inputs for graphs in settings]
+    rows = [count_fit(item, args.repeats, args.device, graphs) for item in inputs
+            for graphs in CUDA_GRAPH_SETTINGS[args.cuda_graphs]]
     print("| frames x dims | device | CUDA graphs | operations from the host | matrix products | seconds (torch on 1 CPU thread) | chosen wd | "
           "refit iterations | CV curve (bits) |")
     print("|---|---|---|---|---|---|---|---|---|")

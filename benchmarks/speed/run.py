@@ -1109,6 +1109,9 @@ def base_recipes_target_row(where: str, percent: float, interval: int, detail: s
             f"({percent:.3g}%: one evaluation per {interval} updates{detail}) |")
 
 
+CUDA_GRAPH_SETTINGS = {"on": [True], "off": [False], "both": [False, True]}
+"""--cuda-graphs of benchmarks.speed.gpu and probe_ops: the probe's CUDA graphs off and/or on, in this order."""
+
 GPU_FOLLOW_UPS = ["gpu_probe_graphs/results_gpu.md"]
 """Tables of later GPU runs of one section (next to their results_gpu.json) whose target rows join the main
 report's, after those of the complete run in results_gpu.json."""

@@ -17,8 +17,9 @@ tensor freed by the collector in the middle of a capture would break it.
 Captures share one memory pool per device, kept for the process (its size is the largest program's
 scratch). That is safe because a program writes its results into tensors allocated outside the capture,
 so whatever a capture allocates is scratch, and all replays run in order on the caller's stream. So the
-programs of one device must run from one thread and on one stream at a time, as the probe's do. Captures do not synchronise the device or empty the allocator's cache
-(``torch.cuda.graph`` would: both are costly inside a training process).
+programs of one device must run from one thread and on one stream at a time, as the probe's do. Captures
+do not synchronise the device or empty the allocator's cache (``torch.cuda.graph`` would: both are costly
+inside a training process).
 """
 from __future__ import annotations
 
@@ -151,12 +152,12 @@ def _capture(body: Callable[[], None], device: torch.device) -> Optional["torch.
     try:
         with _capture_lock:
             pool = _pool(device)
-        with _capture_lock, torch.cuda.stream(stream):
-            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
-            try:
-                body()
-            finally:
-                graph.capture_end()
+            with torch.cuda.stream(stream):
+                graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+                try:
+                    body()
+                finally:
+                    graph.capture_end()
     except Exception as error:  # never stop the caller's computation for a graph
         _failure = f"{type(error).__name__}: {error}"
         log.warning("CUDA graph capture failed (%s); CUDA graphs are off for this process and the probe runs "

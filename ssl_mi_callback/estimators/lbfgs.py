@@ -85,9 +85,13 @@ class _Pairs:
         self.gamma = like.new_ones(())  # s^T y / y^T y of the newest pair
 
     def add(self, step: Tensor, change: Tensor, step_dot_change: Union[float, Tensor]) -> None:
-        """Keep (s, y), dropping the oldest pair when full (host count, then :meth:`push`)."""
-        self.count = min(self.count + 1, self.size)
+        """Keep (s, y), dropping the oldest pair when full (:meth:`count_one_more`, then :meth:`push`)."""
+        self.count_one_more()
         self.push(step, change, step_dot_change)
+
+    def count_one_more(self) -> None:
+        """The host's part of :meth:`add`: one pair more, ``size`` at most (kept out of a graph's body)."""
+        self.count = min(self.count + 1, self.size)
 
     def push(self, step: Tensor, change: Tensor, step_dot_change: Union[float, Tensor]) -> None:
         """The device work of :meth:`add`, for a count already raised. ``step_dot_change`` is the s^T y the
@@ -343,7 +347,7 @@ class _Run:
         if add:
             self._hold_number("accepted_step", accepted.t)
             self._hold_number("accepted_step_dot_change", step_dot_change)
-            self.pairs.count = min(self.pairs.count + 1, self.pairs.size)  # host state stays out of the programs
+            self.pairs.count_one_more()  # host state stays out of the programs
         self.iterate_programs["add" if add else "keep" if self.pairs.count else "none"]()
         gtd, d_max = self.direction_numbers.tolist()
         return gtd, d_max
